@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# MXNet uses half the cores unless OMP_NUM_THREADS is set; default to all of them.
+export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
+export MXNET_HOME ?= $(HOME)/.mxnet
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Reinstall whenever setup.py (the one place pins live) changes.
+STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+MXNET_EXTRA ?= cpu
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(MXNET_EXTRA),test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m gluon_tricks table demo --run
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

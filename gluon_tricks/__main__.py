@@ -1,0 +1,3 @@
+from gluon_tricks.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""gluon-tricks train | recipes | tables | table | schedule
+
+User errors end as one line on stderr and exit status 2; Ctrl-C saves a
+checkpoint and exits 130. MXNet is imported only by the commands that train.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _default_threads() -> None:
+    # MXNet's OpenMP uses half the cores unless told otherwise; use all of them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def recipes_root() -> Path:
+    env = os.environ.get("GLUON_TRICKS_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def resolve_recipe_path(text: str) -> Path:
+    """A path as given, or a name relative to recipes/ (with or without .toml)."""
+    p = Path(text)
+    if p.is_file():
+        return p
+    for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
+        if candidate.is_file():
+            return candidate
+    return p  # load_recipe reports it as missing
+
+
+def _overrides(args) -> list[str]:
+    sets = list(args.set or [])
+    for flag, key in (("ctx", "system.ctx"), ("epochs", "epochs"), ("dtype", "model.dtype"),
+                      ("kvstore", "system.kvstore"), ("seed", "seed")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            sets.append(f"{key}={value}" if not isinstance(value, str) else f'{key}="{value}"')
+    return sets
+
+
+def cmd_train(args) -> int:
+    from gluon_tricks.recipe import content_hash, load_recipe
+    from gluon_tricks.results import run_dir_for
+
+    recipe = load_recipe(resolve_recipe_path(args.recipe), _overrides(args))
+    out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
+    from gluon_tricks.engine import train
+
+    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{recipe.name}: top-1 {result['final_top1']:.2f}  top-5 {result['final_top5']:.2f}  "
+          f"(best {result['best_top1']:.2f} at epoch {result['best_epoch'] + 1})  -> {out}")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    root = recipes_root()
+    for p in sorted(root.rglob("*.toml")):
+        if p.name != "table.toml":
+            print(p.relative_to(root).with_suffix(""))
+    return 0
+
+
+def cmd_tables(args) -> int:
+    from gluon_tricks.tables import list_tables
+
+    for line in list_tables(recipes_root(), args.runs):
+        print(line)
+    return 0
+
+
+def cmd_table(args) -> int:
+    from gluon_tricks.tables import load_table, render, run_table
+
+    table = load_table(recipes_root(), args.name)
+    if args.run:
+        run_table(table, seeds=args.seeds, epochs_scale=args.epochs_scale, runs_root=args.runs,
+                  overrides=_overrides(args), progress=not args.quiet)
+    print(render(table, fmt=args.format, seeds=args.seeds, epochs_scale=args.epochs_scale,
+                 runs_root=args.runs, overrides=_overrides(args)))
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from gluon_tricks.plots import plot_schedules
+    from gluon_tricks.recipe import load_recipe
+
+    recipes = [load_recipe(resolve_recipe_path(r), list(args.set or [])) for r in args.recipes]
+    path = plot_schedules(recipes, Path(args.out), iters_per_epoch=args.iters_per_epoch)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def runs_flag(sp):
+        sp.add_argument("--runs", default=None, help="results directory (default: ./runs or $GLUON_TRICKS_RUNS)")
+
+    def common(sp):
+        runs_flag(sp)
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a recipe field, e.g. --set optim.lr=0.2 (repeatable)")
+        sp.add_argument("--ctx", help="devices: cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7 | gpu:0-7")
+        sp.add_argument("--kvstore", help="device | local | nccl | dist_sync | dist_device_sync")
+        sp.add_argument("--dtype", choices=["float32", "float16"])
+        sp.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+
+    t = sub.add_parser("train", help="train one recipe")
+    t.add_argument("recipe", help="a recipe file or a name under recipes/, e.g. followup/table3/cosine")
+    common(t)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default: runs/<name>-<content hash>)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r.set_defaults(func=cmd_recipes)
+
+    ts = sub.add_parser("tables", help="list the tables and how many rows have results")
+    runs_flag(ts)
+    ts.set_defaults(func=cmd_tables)
+
+    tb = sub.add_parser("table", help="print a table (with --run: train its missing rows first)")
+    tb.add_argument("name", help="e.g. demo, followup/table3, bot/table6")
+    tb.add_argument("--run", action="store_true", help="train the rows that have no result yet")
+    tb.add_argument("--seeds", type=int, default=1, help="seeds per row (mean +- std)")
+    tb.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every row's epochs by this factor")
+    tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    common(tb)
+    tb.set_defaults(func=cmd_table)
+
+    sc = sub.add_parser("schedule", help="plot the learning-rate schedule of recipes (PNG)")
+    sc.add_argument("recipes", nargs="+")
+    sc.add_argument("--out", default="schedule.png")
+    sc.add_argument("--iters-per-epoch", type=int, default=196, help="steps per epoch (CIFAR at batch 256: 196)")
+    sc.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sc.set_defaults(func=cmd_schedule)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _default_threads()
+    from gluon_tricks.errors import Interrupted, UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Interrupted as e:
+        print(f"gluon-tricks: {e}", file=sys.stderr)
+        return 130
+    except UserError as e:
+        print(f"gluon-tricks: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gluon-tricks: aborted", file=sys.stderr)
+        return 130

@@ -1,0 +1,100 @@
+"""Batches of augmented images and soft targets, produced ahead on a background thread.
+
+All randomness is a pure function of (seed, epoch, step): the shuffle order of an
+epoch comes from Generator([seed, epoch]) and the augmentation draws of a step
+from Generator([seed, epoch, step, 1]). A run resumed at any step therefore sees
+exactly the batches an uninterrupted run would, with no RNG state to save.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+from gluon_tricks.tricks.smoothing import smooth_targets
+
+DATA_STREAM, MIX_STREAM = 1, 2
+
+
+def step_rng(seed: int, epoch: int, step: int, stream: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, step, stream])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def shard(order: np.ndarray, part: int, parts: int) -> np.ndarray:
+    """Worker `part` of `parts` takes every parts-th index: disjoint, covering, equal-sized."""
+    usable = len(order) - len(order) % parts
+    return order[:usable][part::parts]
+
+
+class TrainStream:
+    def __init__(self, images, labels, classes, batch_size, augment, seed, smoothing_eps=0.0,
+                 smoothing_form="gluoncv", part=0, parts=1, prefetch=2):
+        self.images, self.labels, self.classes = images, labels, classes
+        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.eps, self.form = smoothing_eps, smoothing_form
+        self.part, self.parts, self.prefetch = part, parts, prefetch
+        if len(images) // parts < batch_size:
+            from gluon_tricks.errors import UserError
+
+            raise UserError(f"only {len(images) // parts} training images per worker for a batch of "
+                            f"{batch_size}; lower data.batch_size or use more data")
+
+    def steps_per_epoch(self) -> int:
+        return (len(self.images) // self.parts) // self.batch_size
+
+    def batch(self, epoch: int, step: int, order: np.ndarray):
+        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        x = self.augment(self.images[idx], step_rng(self.seed, epoch, step, DATA_STREAM))
+        y = smooth_targets(self.labels[idx], self.classes, self.eps, self.form)
+        return x, y, self.labels[idx]
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Yields (step, x, y_soft, y_int) for the steps of `epoch` from `start_step` on."""
+        order = shard(epoch_order(len(self.images), self.seed, epoch), self.part, self.parts)
+        steps = range(start_step, self.steps_per_epoch())
+        if self.prefetch <= 0:
+            for s in steps:
+                yield (s,) + self.batch(epoch, s, order)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for s in steps:
+                    item = (s,) + self.batch(epoch, s, order)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as e:  # re-raised in the consumer
+                q.put(e)
+
+        t = threading.Thread(target=produce, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
+def test_batches(images, labels, batch_size, augment):
+    """The whole test set in order, the last batch possibly smaller."""
+    for i in range(0, len(images), batch_size):
+        yield augment(images[i:i + batch_size]), labels[i:i + batch_size]

@@ -1,0 +1,122 @@
+"""Networks from the GluonCV model zoo, by name, and teachers for distillation.
+
+ResNet tweaks map onto zoo names (GLUONCV-FACTS): resnet50_v1 (the paper's
+ResNet-50), resnet50_v1b (ResNet-B), resnet50_v1c (ResNet-C), resnet50_v1d
+(ResNet-D); resnet152_v1d is Bag of Tricks' teacher. Pretrained weights are
+downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mxnet as mx
+from mxnet import init as mx_init
+
+from gluon_tricks.errors import UserError
+from gluon_tricks.tricks.init import no_bias_decay, zero_gamma
+
+
+def zoo_names() -> list[str]:
+    from gluoncv.model_zoo import get_model_list
+
+    return sorted(get_model_list())
+
+
+def _get(name: str, **kwargs):
+    from gluoncv.model_zoo import get_model
+
+    if name not in zoo_names():
+        close = [n for n in zoo_names() if name.split("_")[0] in n][:8]
+        raise UserError(f"unknown model {name!r}; GluonCV zoo names like it: {', '.join(close) or 'none'}"
+                        " (gluoncv.model_zoo.get_model_list() has them all)")
+    try:
+        return get_model(name, **kwargs)
+    except TypeError as e:
+        raise UserError(f"model {name!r} does not accept {sorted(kwargs)} ({e})") from None
+
+
+def _pretrained(name: str, **kwargs):
+    """The zoo's pretrained weights; a clear error when they cannot be downloaded."""
+    try:
+        return _get(name, pretrained=True, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # network failures surface as several unrelated exception types
+        home = os.environ.get("MXNET_HOME", "~/.mxnet")
+        raise UserError(
+            f"pretrained weights of {name!r} could not be loaded ({e.__class__.__name__}: {e}); "
+            f"put {name}-<sha1>.params into {home}/models (GluonCV's cache) or use a local .params file"
+        ) from None
+
+
+def supports_last_gamma(name: str) -> bool:
+    return name.startswith("resnet") and name.rsplit("_", 1)[-1] in {"v1b", "v1c", "v1d", "v1e", "v1s"}
+
+
+def output_layer_name(net) -> str:
+    for attr in ("output", "fc", "classifier"):
+        if hasattr(net, attr):
+            return attr
+    raise UserError(f"{type(net).__name__}: no output layer named output/fc/classifier to replace")
+
+
+def build_model(recipe, classes: int, ctx):
+    """The recipe's network, initialized (Xavier by default, as in both papers) and cast."""
+    m = recipe.model
+    kwargs = {}
+    # The v1b family (B/C/D tweaks) zero-inits its last BN itself; other nets get ours.
+    own_zero_gamma = m.zero_gamma and not supports_last_gamma(m.name)
+    if m.zero_gamma and not own_zero_gamma:
+        kwargs["last_gamma"] = True
+    if m.pretrained:
+        net = _pretrained(m.name, **kwargs)
+        if getattr(net, "classes", classes) != classes:
+            # Fine-tuning (the Food-101 tutorial): a fresh output layer for our classes.
+            attr = output_layer_name(net)
+            with net.name_scope():
+                setattr(net, attr, mx.gluon.nn.Dense(classes))
+            getattr(net, attr).initialize(mx_init.Xavier(), ctx=ctx)
+    else:
+        net = _get(m.name, classes=classes, **kwargs)
+        if own_zero_gamma:
+            zero_gamma(net)
+        initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
+        net.initialize(initializer, ctx=ctx)
+    if recipe.optim.no_bias_decay:
+        no_bias_decay(net)
+    if m.dtype != "float32":
+        net.cast(m.dtype)
+    return net
+
+
+def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
+    """A teacher by zoo name (its pretrained weights) or from a .params file of
+    `spec.teacher_model`. Checks that it predicts the same number of classes."""
+    src = spec.teacher
+    looks_like_file = src.endswith(".params") or os.sep in src or Path(src).exists()
+    if looks_like_file:
+        path = Path(src)
+        if not path.is_file():
+            raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
+                            "or give a zoo name in distill.teacher")
+        if not spec.teacher_model:
+            raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
+                            "architecture, e.g. cifar_resnext29_16x64d")
+        net = _get(spec.teacher_model, classes=classes)
+        try:
+            net.load_parameters(str(path), ctx=ctx)
+        except (AssertionError, mx.MXNetError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+            raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
+                            f"({first}); check distill.teacher_model and the dataset's classes") from None
+    else:
+        net = _pretrained(src)
+        out = getattr(net, "classes", None)
+        if out is not None and out != classes:
+            raise UserError(f"teacher {src!r} predicts {out} classes but the dataset has {classes}; "
+                            "train a teacher on this dataset (teacher/) and pass its .params file")
+    if dtype != "float32":
+        net.cast(dtype)
+    net.hybridize(static_alloc=True, static_shape=True)
+    return net

@@ -1,0 +1,376 @@
+"""Recipes are data: one TOML file per row of a published table.
+
+A recipe file may `extends = "other.toml"` (a path relative to itself) and
+override any field. Loading merges the chain, checks every key and type against
+the dataclasses below, and returns a frozen-in-spirit `Recipe`. Nothing in a
+recipe is ever executed: TOML is parsed as data by the standard library.
+
+The defaults are the follow-up paper's CIFAR-100 baseline (its Table I): CIFAR
+ResNet-56 v1, NAG lr 0.1 momentum 0.9 wd 1e-4, /10 at epochs 30/60/90, 120
+epochs, batch 256, flip + colour + lighting + pad-crop augmentation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gluon_tricks.errors import UserError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+@dataclass
+class DataSpec:
+    dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | imagefolder | recordio
+    root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (the vendored copy for cifar10-mini)
+    fine_labels: bool = True  # CIFAR-100 only: 100 fine classes, or the 20 coarse superclasses
+    augment: str = "followup"  # followup | gluoncv | none | bot (ImageNet-style, issue 5)
+    batch_size: int = 256  # global batch: split over every device and worker
+    train_limit: int = 0  # keep only the first N training images (0 = all); for tests and demos
+    test_limit: int = 0
+    image_size: int = 32
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # ImageNet path (issue 5): validation resize of the shorter side; 0 = image_size * 256/224.
+    val_resize: int = 0
+    min_area: float = 0.08
+    color_jitter: float = 0.4  # brightness/saturation/hue factors drawn from [1-j, 1+j]
+    lighting_std: float = 0.1  # PCA lighting noise coefficient ~ N(0, lighting_std)
+
+
+@dataclass
+class ModelSpec:
+    name: str = "cifar_resnet56_v1"  # any GluonCV model-zoo classifier
+    pretrained: bool = False  # start from the zoo's ImageNet weights (fine-tuning)
+    init: str = "xavier"  # xavier (the papers' baseline) | msra
+    zero_gamma: bool = False
+    dtype: str = "float32"  # float32 | float16 (GPU only)
+    classes: int = 0  # 0: the dataset's number of classes
+
+
+@dataclass
+class OptimSpec:
+    name: str = "nag"  # nag | sgd | adam | nadam | adadelta | rmsprop
+    lr: float = 0.1
+    momentum: float = 0.9  # nag and sgd only
+    wd: float = 1e-4
+    no_bias_decay: bool = False
+    linear_scaling: bool = False  # lr * batch_size / lr_reference_batch
+    lr_reference_batch: int = 256
+    loss_scale: str = "none"  # none | dynamic | a number such as "128" (float16 only)
+
+
+@dataclass
+class ScheduleSpec:
+    kind: str = "step"  # step | cosine | poly | constant
+    decay_epochs: list[int] = field(default_factory=lambda: [30, 60, 90])  # step only
+    decay_factor: float = 0.1  # step only
+    power: float = 2.0  # poly only
+    warmup_epochs: int = 0
+    warmup_start_lr: float = 0.0
+    final_lr: float = 0.0  # cosine and poly decay towards this
+
+
+@dataclass
+class SmoothingSpec:
+    eps: float = 0.0  # 0 = hard one-hot targets
+    form: str = "gluoncv"  # gluoncv: on 1-eps+eps/K, off eps/K | paper: on 1-eps, off eps/(K-1)
+
+
+@dataclass
+class MixupSpec:
+    kind: str = "none"  # none | interpolation | stitch_height | stitch_width | tile | random
+    alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
+    partner: str = "reversed"  # reversed (the follow-up's and GluonCV's code) | random (Liang et al.)
+    min_lambda: float = 0.0  # lambda below this means no mixing (the follow-up's code used 0.1)
+    label_weight: str = "lambda"  # stitch labels mixed by lambda (the papers) or by the area cut
+    choices: list[str] = field(default_factory=lambda: ["interpolation", "stitch_height", "stitch_width"])
+    off_first_epochs: int = 0
+    off_last_epochs: int = 0
+
+
+@dataclass
+class DistillSpec:
+    teacher: str = ""  # "" = off; a zoo name (pretrained weights) or a path to a .params file
+    teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
+    temperature: float = 20.0
+    soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
+
+
+@dataclass
+class SystemSpec:
+    """How and where to run: never part of a result's identity (see `content_hash`)."""
+    ctx: str = "cpu"  # cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
+    kvstore: str = "device"  # device | local | nccl | dist_sync | dist_device_sync
+    log_interval: int = 50  # progress refresh, in steps
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Recipe:
+    name: str = "baseline"
+    description: str = ""
+    seed: int = 0
+    epochs: int = 120
+    epochs_scale: float = 1.0  # set by `table --epochs-scale`; marks shortened runs
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    smoothing: SmoothingSpec = field(default_factory=SmoothingSpec)
+    mixup: MixupSpec = field(default_factory=MixupSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+    system: SystemSpec = field(default_factory=SystemSpec)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Fields that take one of a fixed set of words: checked at load time.
+CHOICES = {
+    "data.dataset": {"cifar10", "cifar100", "cifar10-mini", "imagefolder", "recordio"},
+    "data.augment": {"followup", "gluoncv", "none", "bot"},
+    "model.init": {"xavier", "msra"},
+    "model.dtype": {"float32", "float16"},
+    "optim.name": {"nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"},
+    "schedule.kind": {"step", "cosine", "poly", "constant"},
+    "smoothing.form": {"gluoncv", "paper"},
+    "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
+    "mixup.partner": {"reversed", "random"},
+    "mixup.label_weight": {"lambda", "area"},
+    "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
+}
+# Sections that say how to run, not what to compute.
+NOT_IDENTITY = {"name", "description", "system"}
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Recipe)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Recipe) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value, tp, where: str):
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (elem,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list of {_type_name(elem)}, got {value!r}")
+        return [_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise UserError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(raw: dict, source: str) -> Recipe:
+    sections = _sections()
+    hints = typing.get_type_hints(Recipe)
+    top_keys = [f.name for f in dataclasses.fields(Recipe)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key == "extends":
+            continue
+        if key not in top_keys:
+            raise UserError(f"{source}: unknown key '{key}'; valid keys: {', '.join(top_keys)}")
+        if key in sections:
+            cls = sections[key]
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{key}' must be a table like [{key}], got {value!r}")
+            sub_hints = typing.get_type_hints(cls)
+            names = [f.name for f in dataclasses.fields(cls)]
+            sub = {}
+            for k, v in value.items():
+                if k not in names:
+                    raise UserError(f"{source}: unknown key '{key}.{k}'; valid keys in [{key}]: {', '.join(names)}")
+                sub[k] = _coerce(v, sub_hints[k], f"{source}: {key}.{k}")
+                allowed = CHOICES.get(f"{key}.{k}")
+                if allowed and sub[k] not in allowed:
+                    raise UserError(f"{source}: {key}.{k} = {v!r} is not one of: {', '.join(sorted(allowed))}")
+            kwargs[key] = cls(**sub)
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{source}: {key}")
+    recipe = Recipe(**kwargs)
+    _check_semantics(recipe, source)
+    return recipe
+
+
+def _check_semantics(r: Recipe, source: str) -> None:
+    """Values that are well-typed but meaningless."""
+    problems = []
+    if r.epochs < 1:
+        problems.append("epochs must be at least 1")
+    if r.data.batch_size < 1:
+        problems.append("data.batch_size must be at least 1")
+    if not 0 <= r.smoothing.eps < 1:
+        problems.append("smoothing.eps must be in [0, 1)")
+    if r.mixup.alpha <= 0:
+        problems.append("mixup.alpha must be > 0")
+    if not 0 <= r.distill.soft_weight <= 1:
+        problems.append("distill.soft_weight must be in [0, 1]")
+    if r.distill.temperature <= 0:
+        problems.append("distill.temperature must be > 0")
+    bad_choices = set(r.mixup.choices) - {"interpolation", "stitch_height", "stitch_width", "tile"}
+    if bad_choices or not r.mixup.choices:
+        problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")
+    if len(r.data.mean) != 3 or len(r.data.std) != 3 or min(r.data.std) <= 0:
+        problems.append("data.mean and data.std need 3 values each, std > 0")
+    if r.optim.loss_scale not in ("none", "dynamic"):
+        try:
+            if float(r.optim.loss_scale) <= 0:
+                raise ValueError
+        except ValueError:
+            problems.append("optim.loss_scale must be none, dynamic or a positive number such as \"128\"")
+    if r.optim.lr < 0 or r.optim.wd < 0:
+        problems.append("optim.lr and optim.wd must be >= 0")
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"recipe file not found: {path}; `gluon-tricks recipes` lists the shipped ones") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read recipe ({e.__class__.__name__})") from None
+
+
+def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in chain + (path,))
+        raise UserError(f"cyclic extends in recipes: {cycle}; remove one of the `extends` lines")
+    raw = _read_toml(path)
+    parent = raw.get("extends")
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: extends must be a file name string, got {parent!r}")
+    base = _load_raw(path.parent / parent, chain + (path,))
+    return _merge(base, raw)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`optim.lr=0.2` -> (['optim', 'lr'], 0.2). Values are TOML; bare words are strings."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected key=value, e.g. --set optim.lr=0.2")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text!r}: '{k}' is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    raw = _load_raw(path)
+    raw = apply_overrides(raw, list(overrides))
+    raw.setdefault("name", path.stem)
+    return _build(raw, str(path))
+
+
+def recipe_from_dict(raw: dict, source: str = "<dict>") -> Recipe:
+    return _build(raw, source)
+
+
+def with_changes(recipe: Recipe, overrides: list[str]) -> Recipe:
+    return _build(apply_overrides(recipe.to_dict(), overrides), recipe.name)
+
+
+def scale_epochs(recipe: Recipe, factor: float) -> Recipe:
+    """Shorten (or lengthen) every epoch count of a recipe by `factor`, keeping the
+    schedule's shape: decay points, warm-up and mixup on/off windows scale together."""
+    if factor == 1.0:
+        return recipe
+    if factor <= 0:
+        raise UserError(f"--epochs-scale must be > 0, got {factor}")
+    d = recipe.to_dict()
+
+    def s(n):
+        return max(0, round(n * factor))
+
+    d["epochs"] = max(1, s(recipe.epochs))
+    d["epochs_scale"] = recipe.epochs_scale * factor
+    d["schedule"]["decay_epochs"] = [s(e) for e in recipe.schedule.decay_epochs]
+    d["schedule"]["warmup_epochs"] = s(recipe.schedule.warmup_epochs)
+    d["mixup"]["off_first_epochs"] = s(recipe.mixup.off_first_epochs)
+    d["mixup"]["off_last_epochs"] = s(recipe.mixup.off_last_epochs)
+    return _build(d, recipe.name)
+
+
+def identity(recipe: Recipe) -> dict:
+    """What a result depends on: everything but names and how/where it ran."""
+    return {k: v for k, v in recipe.to_dict().items() if k not in NOT_IDENTITY}
+
+
+def content_hash(recipe: Recipe) -> str:
+    """Results are found by this hash: renaming a file keeps its result, and any
+    change of a hyperparameter gives a new hash, so a stale result is never reused."""
+    blob = json.dumps(identity(recipe), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (written into each run directory)."""
+
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(v)
+
+    d = recipe.to_dict()
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {val(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def valid_keys() -> list[str]:
+    out = []
+    for name, cls in _sections().items():
+        out += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return out

@@ -1,0 +1,162 @@
+"""Mixing a batch: interpolation mixup, stitch (spatial) mixup and tile mixup.
+
+Every mix is described by a plan: S source orderings of the batch (the batch
+itself and its partners), S per-pixel masks that sum to 1 at every pixel, and
+S label weights that sum to 1. Then
+
+    x_mixed = sum_s mask_s * x[index_s],   y_mixed = sum_s weight_s * y[index_s].
+
+- interpolation (Zhang et al.; Bag of Tricks 5.4): masks lam and 1 - lam everywhere;
+- stitch (the follow-up paper, after Liang et al. 2018): the first int(L*lam) rows
+  (`stitch_height`, a top/bottom seam) or columns (`stitch_width`, a left/right
+  seam) come from the image, the rest from its partner; 0/1 masks, so the result
+  is exactly the concatenation. Labels weigh lam and 1 - lam (the papers), or the
+  cut's real area fractions with label_weight = "area";
+- tile (the follow-up's future work): a 2x2 grid cut at int(H*lh), int(W*lw) with
+  lh, lw ~ Beta(alpha, alpha), its four cells from four images, labels weighted
+  by cell areas.
+
+Naming: the follow-up paper's code calls the top/bottom split "horizontal"
+stitching and Liang et al. (2018) call it "vertical"; we name the axis that is
+split (`height` or `width`) to avoid both. Partners are the reversed batch (the
+follow-up's and GluonCV's code) or a random permutation (Liang et al.).
+
+Plans are drawn on the host (pure numpy, tested against the formulas); the
+arithmetic runs on the device in the hybridized `MixBlock`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MixPlan:
+    kind: str
+    lam: float
+    index: np.ndarray  # (S, N) int: source s's ordering of the batch
+    masks: np.ndarray  # (S, H, W) float32, summing to 1 over s at every pixel
+    weights: np.ndarray  # (S,) float32, summing to 1
+
+    @property
+    def sources(self) -> int:
+        return len(self.weights)
+
+    def padded(self, sources: int) -> "MixPlan":
+        """The same mix with extra zero-weight sources (a hybridized block has a fixed S)."""
+        extra = sources - self.sources
+        if extra <= 0:
+            return self
+        n, (h, w) = self.index.shape[1], self.masks.shape[1:]
+        return MixPlan(self.kind, self.lam,
+                       np.concatenate([self.index, np.tile(np.arange(n), (extra, 1))]),
+                       np.concatenate([self.masks, np.zeros((extra, h, w), np.float32)]),
+                       np.concatenate([self.weights, np.zeros(extra, np.float32)]))
+
+
+def partners(n: int, how: str, rng: np.random.Generator, count: int = 1) -> list[np.ndarray]:
+    """Orderings of a batch of n to mix with: reversed (and its half-rolls for more) or random."""
+    if how == "random":
+        return [rng.permutation(n) for _ in range(count)]
+    base = np.arange(n)[::-1]
+    rolled = np.roll(np.arange(n), n // 2)
+    return [base, rolled, rolled[::-1]][:count]
+
+
+def interpolation_plan(n: int, h: int, w: int, lam: float, partner: np.ndarray) -> MixPlan:
+    masks = np.stack([np.full((h, w), lam, np.float32), np.full((h, w), 1 - lam, np.float32)])
+    return MixPlan("interpolation", lam, np.stack([np.arange(n), partner]), masks,
+                   np.array([lam, 1 - lam], np.float32))
+
+
+def stitch_plan(n: int, h: int, w: int, lam: float, partner: np.ndarray, axis: str,
+                label_weight: str = "lambda") -> MixPlan:
+    size = h if axis == "height" else w
+    cut = int(size * lam)
+    own = np.zeros((h, w), np.float32)
+    if axis == "height":
+        own[:cut, :] = 1
+    elif axis == "width":
+        own[:, :cut] = 1
+    else:
+        raise ValueError(f"stitch axis must be height or width, got {axis!r}")
+    wt = lam if label_weight == "lambda" else cut / size
+    return MixPlan(f"stitch_{axis}", lam, np.stack([np.arange(n), partner]), np.stack([own, 1 - own]),
+                   np.array([wt, 1 - wt], np.float32))
+
+
+def tile_plan(n: int, h: int, w: int, lam_h: float, lam_w: float, others: list[np.ndarray]) -> MixPlan:
+    ch, cw = int(h * lam_h), int(w * lam_w)
+    masks = np.zeros((4, h, w), np.float32)
+    masks[0, :ch, :cw] = 1
+    masks[1, :ch, cw:] = 1
+    masks[2, ch:, :cw] = 1
+    masks[3, ch:, cw:] = 1
+    fh, fw = ch / h, cw / w
+    weights = np.array([fh * fw, fh * (1 - fw), (1 - fh) * fw, (1 - fh) * (1 - fw)], np.float32)
+    return MixPlan("tile", lam_h * lam_w, np.stack([np.arange(n)] + list(others)), masks, weights)
+
+
+def mix_numpy(x: np.ndarray, y: np.ndarray, plan: MixPlan) -> tuple[np.ndarray, np.ndarray]:
+    """Reference implementation of a plan (NCHW images, (N, K) soft labels)."""
+    xm = sum(plan.masks[s][None, None] * x[plan.index[s]] for s in range(plan.sources))
+    ym = sum(plan.weights[s] * y[plan.index[s]] for s in range(plan.sources))
+    return xm.astype(x.dtype), ym.astype(y.dtype)
+
+
+class Mixer:
+    """Draws one plan per batch for a recipe's [mixup] section, or None for no mixing."""
+
+    def __init__(self, spec, epochs: int):
+        self.spec, self.epochs = spec, epochs
+        kinds = spec.choices if spec.kind == "random" else [spec.kind]
+        self.sources = 4 if "tile" in kinds else 2
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.kind != "none"
+
+    def active(self, epoch: int) -> bool:
+        """Off for the first `off_first_epochs` and the last `off_last_epochs` epochs."""
+        s = self.spec
+        return self.enabled and s.off_first_epochs <= epoch < self.epochs - s.off_last_epochs
+
+    def plan(self, n: int, h: int, w: int, epoch: int, rng: np.random.Generator) -> MixPlan | None:
+        if not self.active(epoch):
+            return None
+        s = self.spec
+        kind = s.kind if s.kind != "random" else s.choices[rng.integers(len(s.choices))]
+        lam = float(rng.beta(s.alpha, s.alpha))
+        if kind == "tile":
+            lam_w = float(rng.beta(s.alpha, s.alpha))
+            plan = tile_plan(n, h, w, lam, lam_w, partners(n, s.partner, rng, 3))
+        else:
+            if lam < s.min_lambda:  # the follow-up's code: a tiny lambda means "do not mix"
+                lam = 1.0
+            partner = partners(n, s.partner, rng)[0]
+            if kind == "interpolation":
+                plan = interpolation_plan(n, h, w, lam, partner)
+            else:
+                plan = stitch_plan(n, h, w, lam, partner, kind.split("_", 1)[1], s.label_weight)
+        return plan.padded(self.sources)
+
+
+def mix_block(sources: int):
+    """A hybridizable block applying a plan on the device: (x, y, index, masks, weights)."""
+    from mxnet.gluon import HybridBlock
+
+    class MixBlock(HybridBlock):
+        def hybrid_forward(self, F, x, y, index, masks, weights):
+            xs = F.split(index, num_outputs=sources, axis=0, squeeze_axis=True)
+            ms = F.split(masks, num_outputs=sources, axis=0, squeeze_axis=False)  # (1, H, W) each
+            ws = F.split(weights, num_outputs=sources, axis=0, squeeze_axis=False)  # (1,) each
+            x_out, y_out = None, None
+            for s in range(sources):
+                xi = F.broadcast_mul(F.take(x, xs[s]), F.expand_dims(ms[s], axis=0))
+                yi = F.broadcast_mul(F.take(y, xs[s]), ws[s])
+                x_out = xi if x_out is None else x_out + xi
+                y_out = yi if y_out is None else y_out + yi
+            return x_out, y_out
+
+    return MixBlock()

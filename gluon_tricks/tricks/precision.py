@@ -1,0 +1,72 @@
+"""float16 training: fp16 network with fp32 BatchNorm, fp32 master weights, loss scaling.
+
+- `net.cast("float16")`: Gluon's BatchNorm keeps its parameters in float32 when
+  cast to float16 (cuDNN's fp16 BN takes fp32 scale/shift), so casting the whole
+  network is enough;
+- the optimizer gets `multi_precision=True`: it keeps an fp32 copy of every fp16
+  weight, applies the update to that copy and casts it back;
+- the loss is computed in fp32 (the loss blocks cast logits first);
+- loss scaling (not in GluonCV): multiply the loss by S before backward and divide
+  the gradients by S in the update (`rescale_grad`). Static: S fixed. Dynamic: a
+  step whose gradients overflow is skipped and S halves; after `growth_interval`
+  good steps S doubles.
+The MXNet CPU wheel has no float16 GEMM, so float16 is refused on CPU contexts.
+"""
+from __future__ import annotations
+
+from gluon_tricks.errors import UserError
+
+
+class LossScaler:
+    def __init__(self, mode: str = "none", init_scale: float = 2.0 ** 16, growth_interval: int = 2000,
+                 factor: float = 2.0, min_scale: float = 1.0):
+        self.dynamic = mode == "dynamic"
+        if mode == "none":
+            self.scale = 1.0
+        elif self.dynamic:
+            self.scale = init_scale
+        else:
+            self.scale = float(mode)
+        self.growth_interval, self.factor, self.min_scale = growth_interval, factor, min_scale
+        self.good_steps = 0
+        self.skipped = 0
+
+    def update(self, overflow: bool) -> bool:
+        """Record one step's outcome; returns True if the step's update must be applied."""
+        if not self.dynamic:
+            return not overflow
+        if overflow:
+            self.scale = max(self.min_scale, self.scale / self.factor)
+            self.good_steps = 0
+            self.skipped += 1
+            return False
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale *= self.factor
+            self.good_steps = 0
+        return True
+
+    def state(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+    def load(self, state: dict) -> None:
+        self.scale, self.good_steps, self.skipped = state["scale"], state["good_steps"], state["skipped"]
+
+
+def check_dtype(dtype: str, contexts) -> None:
+    if dtype == "float16" and any(c.device_type == "cpu" for c in contexts):
+        raise UserError(
+            "--dtype float16 needs GPU contexts: the MXNet CPU build has no float16 matrix multiply; "
+            "use model.dtype=float32 on CPU, or --ctx gpu:0 on a GPU machine (docs/gpu.md)"
+        )
+
+
+def grads_finite(params, ctx_list) -> bool:
+    """True if every gradient on every device is finite (one host sync)."""
+    import mxnet as mx
+
+    grads = [p.grad(c) for p in params if p.grad_req != "null" for c in ctx_list]
+    if not grads:
+        return True
+    flags = mx.nd.contrib.multi_all_finite(*grads, num_arrays=len(grads), init_output=True)
+    return bool(flags.asscalar())

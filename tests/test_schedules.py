@@ -1,0 +1,88 @@
+"""LR schedules against the papers' formulas, hand-computed, and against GluonCV."""
+import math
+
+import pytest
+
+from gluon_tricks.recipe import recipe_from_dict
+from gluon_tricks.tricks.schedules import PaperLR, lr_at, lr_curve, scaled_lr, schedule_args
+
+IPE = 10  # iterations per epoch
+
+
+def test_step_decay_at_30_60_90():
+    lr = lambda e: lr_at(e * IPE, "step", 0.1, IPE, 120)
+    assert lr(0) == 0.1 and lr(29) == 0.1
+    assert lr(30) == pytest.approx(0.01) and lr(60) == pytest.approx(0.001) and lr(90) == pytest.approx(1e-4)
+    assert lr_at(30 * IPE - 1, "step", 0.1, IPE, 120) == 0.1
+
+
+def test_linear_warmup_from_zero():
+    args = dict(kind="cosine", base_lr=0.1, iters_per_epoch=IPE, epochs=120, warmup_epochs=5)
+    assert lr_at(0, **args) == 0.0
+    assert lr_at(25, **args) == pytest.approx(0.05)  # half-way through 50 warm-up iterations
+    assert lr_at(50, **args) == pytest.approx(0.1)  # cosine starts at base lr
+
+
+def test_cosine_is_the_paper_formula_excluding_warmup():
+    T = (120 - 5) * IPE
+    for t in (0, 1, T // 3, T // 2, T - 1):
+        expected = 0.5 * (1 + math.cos(math.pi * t / T)) * 0.1
+        assert lr_at(50 + t, "cosine", 0.1, IPE, 120, warmup_epochs=5) == pytest.approx(expected, abs=1e-15)
+    assert lr_at(50 + T // 2, "cosine", 0.1, IPE, 120, warmup_epochs=5) == pytest.approx(0.05)
+
+
+def test_poly():
+    T = 100 * IPE
+    assert lr_at(T // 2, "poly", 0.1, IPE, 100, power=2) == pytest.approx(0.1 * 0.25)
+
+
+def test_linear_scaling_rule():
+    r = recipe_from_dict({"data": {"batch_size": 1024}, "optim": {"lr": 0.1, "linear_scaling": True}})
+    assert scaled_lr(r) == pytest.approx(0.4)  # Bag of Tricks' batch-1024 rate
+    r = recipe_from_dict({"data": {"batch_size": 1024}})
+    assert scaled_lr(r) == 0.1
+
+
+def test_mxnet_scheduler_counts_updates_from_one():
+    s = PaperLR(IPE, kind="cosine", base_lr=0.1, epochs=10, warmup_epochs=1)
+    assert s(1) == lr_at(0, "cosine", 0.1, IPE, 10, warmup_epochs=1) == 0.0
+    assert s(11) == pytest.approx(0.1)
+
+
+def test_optimizer_applies_the_schedule_inside_mxnet():
+    """One SGD step per update on a weight with gradient 1 moves it by exactly lr_at(t)."""
+    import mxnet as mx
+
+    sched = PaperLR(2, kind="step", base_lr=0.5, epochs=4, decay_epochs=(1, 2), decay_factor=0.1)
+    opt = mx.optimizer.SGD(learning_rate=0.5, lr_scheduler=sched, wd=0.0)
+    updater = mx.optimizer.get_updater(opt)
+    w, g = mx.nd.zeros((1,)), mx.nd.ones((1,))
+    moved = []
+    for t in range(6):
+        before = w.asscalar()
+        updater(0, g, w)
+        moved.append(before - w.asscalar())
+    assert moved == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005, 0.005], rel=1e-6)
+
+
+def test_gluoncv_step_matches_and_cosine_differs_by_one_iteration():
+    """Why we keep our own: GluonCV divides by niters - 1 (documented in schedules.py)."""
+    from gluoncv.utils import LRScheduler, LRSequential
+
+    n, epochs, warm = IPE, 20, 2
+    ours = [lr_at(t, "cosine", 0.1, n, epochs, warmup_epochs=warm) for t in range(epochs * n)]
+    gcv = LRSequential([LRScheduler("linear", base_lr=0, target_lr=0.1, nepochs=warm, iters_per_epoch=n),
+                        LRScheduler("cosine", base_lr=0.1, target_lr=0, nepochs=epochs - warm, iters_per_epoch=n)])
+    theirs = [gcv(t) for t in range(epochs * n)]
+    diff = max(abs(a - b) for a, b in zip(ours, theirs))
+    assert 0 < diff < 0.1 / (warm * n - 1) + 1e-12  # at most one warm-up increment apart
+    step = LRScheduler("step", base_lr=0.1, nepochs=epochs, iters_per_epoch=n, step_epoch=[5, 10], step_factor=0.1)
+    assert [step(t) for t in range(epochs * n)] == pytest.approx(
+        [lr_at(t, "step", 0.1, n, epochs, decay_epochs=(5, 10)) for t in range(epochs * n)], rel=1e-12)
+
+
+def test_lr_curve_from_recipe():
+    r = recipe_from_dict({"epochs": 4, "schedule": {"kind": "cosine", "warmup_epochs": 1}})
+    curve = lr_curve(r, 5)
+    assert len(curve) == 20 and curve[0] == 0.0 and max(curve) == pytest.approx(0.1)
+    assert schedule_args(r)["kind"] == "cosine"
