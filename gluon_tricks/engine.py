@@ -7,9 +7,10 @@ is recorded and back-propagated, and the Trainer reduces gradients through the
 KVStore the recipe names and applies the update.
 
 Host syncs are kept off the hot path: losses and accuracies accumulate on the
-devices, and the only per-step read is the previous step's loss (already
-computed, so it does not stall the device) which bounds how far Python runs
-ahead and catches a NaN within one step.
+devices; the per-step losses are read together every `system.log_interval`
+steps (LossWindow), which bounds how far Python runs ahead of the device and
+still names the exact step of a NaN. Dynamic loss scaling is the exception: it
+must know before each update whether the gradients overflowed.
 """
 from __future__ import annotations
 
@@ -287,7 +288,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
             samples = carried.get("samples", 0) if epoch == start_epoch else 0
             seconds = carried.get("seconds", 0.0) if epoch == start_epoch else 0.0
             carried_loss = carried.get("loss_sum", 0.0) if epoch == start_epoch else 0.0
-            pending = None  # (step, loss NDArray) of the previous step, read one step late
+            window = LossWindow(recipe.system.log_interval)
             t0 = time.perf_counter()
             for step, x, y, _ in stream.epoch(epoch, first):
                 xs = gluon.utils.split_and_load(x, contexts)
@@ -318,22 +319,20 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
                 step_loss = [l.sum() for l in losses]
                 for acc, l in zip(loss_sums, step_loss):
                     acc += l
-                if pending is not None:
-                    _check_finite(pending, epoch, run)
-                pending = (step, step_loss[0])
+                if window.add(step, step_loss[0]):
+                    window.check(epoch, run)
                 samples += x.shape[0] * dist.workers
                 steps_done += 1
                 show.step()
                 if stop.requested or (max_steps is not None and steps_done >= max_steps):
-                    _check_finite(pending, epoch, run)
+                    window.check(epoch, run)
                     mx.nd.waitall()
                     loss_now = carried_loss + sum(a.asscalar() for a in loss_sums)
                     path = save(epoch, step + 1, {"samples": samples, "loss_sum": loss_now,
                                                   "seconds": seconds + time.perf_counter() - t0})
                     raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
                                       f"continue with --resume")
-            if pending is not None:
-                _check_finite(pending, epoch, run)
+            window.check(epoch, run)
             mx.nd.waitall()
             seconds += time.perf_counter() - t0
             train_loss = (carried_loss + sum(a.asscalar() for a in loss_sums)) / max(1, samples)
@@ -384,11 +383,34 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     return result
 
 
-def _check_finite(pending, epoch, run) -> None:
-    step, loss = pending
-    value = float(loss.asscalar())
-    if not math.isfinite(value):
-        last = run.latest_checkpoint(quiet=True)
-        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
-        raise DivergenceError(f"loss is {value} at epoch {epoch + 1}, step {step}: training diverged "
-                              f"({where}); lower optim.lr, add warm-up, or check the data")
+class LossWindow:
+    """The last few steps' losses, kept on the device and read in one go.
+
+    Reading a loss every step would make the host wait for the device each step;
+    reading every `interval` steps keeps the device fed, bounds how far Python runs
+    ahead of it (queued inputs hold memory), and still names the exact step whose
+    loss first became NaN/Inf. `reads` counts the host syncs it caused."""
+
+    reads = 0  # class-wide counter, for bench/ (syncs per epoch)
+
+    def __init__(self, interval: int):
+        self.interval = max(1, interval)
+        self.steps, self.losses = [], []
+
+    def add(self, step: int, loss) -> bool:
+        self.steps.append(step)
+        self.losses.append(loss.reshape((1,)))
+        return len(self.steps) >= self.interval
+
+    def check(self, epoch: int, run) -> None:
+        if not self.steps:
+            return
+        values = mx.nd.concat(*[l.as_in_context(self.losses[0].context) for l in self.losses], dim=0).asnumpy()
+        LossWindow.reads += 1
+        steps, self.steps, self.losses = self.steps, [], []
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            last = run.latest_checkpoint(quiet=True)
+            where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+            raise DivergenceError(f"loss is {values[bad[0]]} at epoch {epoch + 1}, step {steps[bad[0]]}: "
+                                  f"training diverged ({where}); lower optim.lr, add warm-up, or check the data")
