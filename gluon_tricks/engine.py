@@ -198,8 +198,8 @@ def evaluate(net, test_stream, contexts, dtype: str) -> tuple[float, float]:
             hit = top == yd.reshape((-1, 1))
             correct1[i] += hit[:, 0].sum()
             correct5[i] += hit.sum()
-    c1 = sum(c.asscalar() for c in correct1)
-    c5 = sum(c.asscalar() for c in correct5)
+    c1, c5 = host_read(mx.nd.concat(*[mx.nd.concat(a, b, dim=0).as_in_context(contexts[0])
+                                       for a, b in zip(correct1, correct5)], dim=0)).reshape(-1, 2).sum(axis=0)
     return 100.0 * c1 / n, 100.0 * c5 / n
 
 
@@ -289,6 +289,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
             seconds = carried.get("seconds", 0.0) if epoch == start_epoch else 0.0
             carried_loss = carried.get("loss_sum", 0.0) if epoch == start_epoch else 0.0
             window = LossWindow(recipe.system.log_interval)
+            reads_before = HOST_READS["count"]
             t0 = time.perf_counter()
             for step, x, y, _ in stream.epoch(epoch, first):
                 xs = gluon.utils.split_and_load(x, contexts)
@@ -327,7 +328,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
                 if stop.requested or (max_steps is not None and steps_done >= max_steps):
                     window.check(epoch, run)
                     mx.nd.waitall()
-                    loss_now = carried_loss + sum(a.asscalar() for a in loss_sums)
+                    loss_now = carried_loss + float(host_read(_gather(loss_sums)).sum())
                     path = save(epoch, step + 1, {"samples": samples, "loss_sum": loss_now,
                                                   "seconds": seconds + time.perf_counter() - t0})
                     raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
@@ -335,7 +336,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
             window.check(epoch, run)
             mx.nd.waitall()
             seconds += time.perf_counter() - t0
-            train_loss = (carried_loss + sum(a.asscalar() for a in loss_sums)) / max(1, samples)
+            train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples)
             top1, top5 = evaluate(net, test_stream, contexts, dtype)
             row = {
                 "epoch": epoch,
@@ -347,6 +348,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
                 "images_per_sec": samples / seconds if seconds > 0 else 0.0,
                 "skipped_steps": scaler.skipped,
                 "mixing": mixer.active(epoch),
+                "host_syncs": HOST_READS["count"] - reads_before,
             }
             if top1 > best["top1"]:
                 best = {"top1": top1, "top5": top5, "epoch": epoch}
@@ -383,15 +385,28 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     return result
 
 
+HOST_READS = {"count": 0}  # every device-to-host read of the loop, for metrics and bench/
+
+
+def host_read(array) -> np.ndarray:
+    """The one way the loop reads device values: counted, so syncs per epoch are known."""
+    HOST_READS["count"] += 1
+    return array.asnumpy()
+
+
+def _gather(arrays):
+    """Concatenate small per-device arrays on the first one's device (one read instead of many)."""
+    first = arrays[0].context
+    return mx.nd.concat(*[a.reshape((-1,)).as_in_context(first) for a in arrays], dim=0)
+
+
 class LossWindow:
     """The last few steps' losses, kept on the device and read in one go.
 
     Reading a loss every step would make the host wait for the device each step;
     reading every `interval` steps keeps the device fed, bounds how far Python runs
     ahead of it (queued inputs hold memory), and still names the exact step whose
-    loss first became NaN/Inf. `reads` counts the host syncs it caused."""
-
-    reads = 0  # class-wide counter, for bench/ (syncs per epoch)
+    loss first became NaN/Inf."""
 
     def __init__(self, interval: int):
         self.interval = max(1, interval)
@@ -405,8 +420,7 @@ class LossWindow:
     def check(self, epoch: int, run) -> None:
         if not self.steps:
             return
-        values = mx.nd.concat(*[l.as_in_context(self.losses[0].context) for l in self.losses], dim=0).asnumpy()
-        LossWindow.reads += 1
+        values = host_read(_gather(self.losses))
         steps, self.steps, self.losses = self.steps, [], []
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
