@@ -1,0 +1,90 @@
+"""Shared bits of the benchmarks: timing, the reference pipeline, result records.
+
+Every benchmark measures ours and a reference side by side in one process and
+reports their ratio; absolute times depend on the machine and are only context.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+OUT = Path(__file__).parent / "out"
+
+
+def median_rate(fn, items: int, repeats: int = 3) -> float:
+    """Items per second of fn(), the median of `repeats` timed calls after one warm-up."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(items / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def record(name: str, rows: list[dict]) -> None:
+    """Append this benchmark's rows to bench/out/<name>.json (run_all.py collects them)."""
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(rows, indent=2))
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    print(f"\n## {title}\n")
+    print("| benchmark | ours | reference | ratio | goal | met | note |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = "" if r.get("reference") is None else f"{r['reference']:.4g}"
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+        print(f"| {r['benchmark']} | {r['ours']:.4g} {r.get('unit', '')} | {ref} | {ratio} | "
+              f"{r.get('goal', '')} | {'yes' if r.get('met') else 'no'} | {r.get('detail', '')} |")
+
+
+def reference_cifar_transform(color: bool = True):
+    """GluonCV's CIFAR scripts' per-image pipeline, rebuilt from the public API, with the
+    follow-up paper's colour and lighting jitter when `color` is set."""
+    from gluoncv.data import transforms as gcv_transforms
+    from mxnet.gluon.data.vision import transforms
+
+    from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD
+
+    steps = [transforms.RandomFlipLeftRight()]
+    if color:
+        steps += [transforms.RandomColorJitter(brightness=0.4, saturation=0.4, hue=0.4),
+                  transforms.RandomLighting(0.1)]
+    steps += [gcv_transforms.RandomCrop(32, pad=4), transforms.ToTensor(),
+              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return transforms.Compose(steps)
+
+
+def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True):
+    import mxnet as mx
+
+    dataset = mx.gluon.data.ArrayDataset(mx.nd.array(images, dtype="uint8"), labels.astype("float32"))
+    return mx.gluon.data.DataLoader(dataset.transform_first(reference_cifar_transform(color)),
+                                    batch_size=batch_size, shuffle=True, last_batch="discard",
+                                    num_workers=workers)
+
+
+def mini_cifar():
+    from gluon_tricks.data.cifar import load_cifar
+
+    return load_cifar("cifar10-mini", train=True)
+
+
+def tmpdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gt-bench-"))
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
+
+
+def note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,52 @@
+"""Run every benchmark (each in its own process) and write bench/results.md + results.json."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BENCHES = ["input_pipeline.py", "train_step.py", "tricks_overhead.py", "recordio.py"]
+
+
+def main() -> int:
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("*.json"):
+        old.unlink()
+    failed = []
+    for name in BENCHES:
+        if not (HERE / name).exists():
+            continue
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, name], cwd=HERE)
+        print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if proc.returncode:
+            failed.append(name)
+    rows = []
+    for name in BENCHES:
+        f = out / (Path(name).stem + ".json")
+        if f.exists():
+            rows += json.loads(f.read_text())
+    lines = ["# Benchmark results", "",
+             "Measured side by side in one run on this machine; ratios matter, absolute numbers do not.",
+             "Regenerate with `make bench`.", "",
+             "| benchmark | ours | reference | ratio | goal | met | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = "" if r.get("reference") is None else f"{r['reference']:.4g}"
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['benchmark']} | {r['ours']:.4g} {r.get('unit', '')} | {ref} | {ratio} | "
+                     f"{r.get('goal', '')} | {'yes' if r.get('met') else 'no'} | {r.get('detail', '')} |")
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {HERE / 'results.md'} ({len(rows)} rows)")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
