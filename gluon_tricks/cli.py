@@ -94,6 +94,21 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import shutil
+
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.results import RunDir
+
+    ckpt = RunDir(Path(args.run_dir)).latest_checkpoint()
+    if ckpt is None:
+        raise UserError(f"{args.run_dir} has no valid checkpoint to export; train it first")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ckpt.params, args.out)
+    print(f"{ckpt.params} -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -119,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
     t.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="copy a run's newest parameters to a .params file (e.g. a teacher)")
+    ex.add_argument("run_dir")
+    ex.add_argument("out")
+    ex.set_defaults(func=cmd_export)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
 from mxnet import init as mx_init
 
 from gluon_tricks.errors import UserError
@@ -61,6 +62,19 @@ def output_layer_name(net) -> str:
     raise UserError(f"{type(net).__name__}: no output layer named output/fc/classifier to replace")
 
 
+def output_classes(net) -> int | None:
+    """Units of the network's output layer (GluonCV nets keep no `classes` attribute)."""
+    layer = getattr(net, output_layer_name(net))
+    dense = [b for b in ([layer] + list(_descendants(layer))) if isinstance(b, mx.gluon.nn.Dense)]
+    return dense[-1]._units if dense else None
+
+
+def _descendants(block):
+    for child in block._children.values():
+        yield child
+        yield from _descendants(child)
+
+
 def build_model(recipe, classes: int, ctx):
     """The recipe's network, initialized (Xavier by default, as in both papers) and cast."""
     m = recipe.model
@@ -71,7 +85,7 @@ def build_model(recipe, classes: int, ctx):
         kwargs["last_gamma"] = True
     if m.pretrained:
         net = _pretrained(m.name, **kwargs)
-        if getattr(net, "classes", classes) != classes:
+        if output_classes(net) != classes:
             # Fine-tuning (the Food-101 tutorial): a fresh output layer for our classes.
             attr = output_layer_name(net)
             with net.name_scope():
@@ -112,7 +126,7 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
                             f"({first}); check distill.teacher_model and the dataset's classes") from None
     else:
         net = _pretrained(src)
-        out = getattr(net, "classes", None)
+        out = output_classes(net)
         if out is not None and out != classes:
             raise UserError(f"teacher {src!r} predicts {out} classes but the dataset has {classes}; "
                             "train a teacher on this dataset (teacher/) and pass its .params file")
@@ -120,3 +134,38 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         net.cast(dtype)
     net.hybridize(static_alloc=True, static_shape=True)
     return net
+
+
+def count_flops(net, size: int = 224, ctx=None) -> int:
+    """Multiply-adds of conv and dense layers for one image of size x size, counted from
+    the shapes seen in a forward pass (Bag of Tricks Table 5 counts FLOPs this way)."""
+    from mxnet.gluon import nn
+
+    total = [0]
+
+    def conv_hook(block, inputs, output):
+        w = block.weight.shape  # (out, in/groups, kh, kw)
+        total[0] += int(np.prod(output.shape[2:])) * w[0] * w[1] * w[2] * w[3]
+
+    def dense_hook(block, inputs, output):
+        total[0] += int(np.prod(block.weight.shape))
+
+    handles = []
+
+    def attach(block):
+        for child in block._children.values():
+            if isinstance(child, nn.Conv2D):
+                handles.append(child.register_forward_hook(conv_hook))
+            elif isinstance(child, nn.Dense):
+                handles.append(child.register_forward_hook(dense_hook))
+            attach(child)
+
+    attach(net)
+    net(mx.nd.zeros((1, 3, size, size), ctx=ctx or mx.cpu()))
+    for h in handles:
+        h.detach()
+    return total[0]
+
+
+def count_params(net) -> int:
+    return sum(int(np.prod(p.shape)) for p in net.collect_params().values())
