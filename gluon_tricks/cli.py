@@ -109,6 +109,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from gluon_tricks.plots import plot_table
+    from gluon_tricks.results import default_runs_root
+    from gluon_tricks.tables import load_table
+
+    table = load_table(recipes_root(), args.name)
+    runs = Path(args.runs) if args.runs else default_runs_root()
+    out = Path(args.out) if args.out else runs / "tables" / args.name
+    for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -150,11 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("table", help="print a table (with --run: train its missing rows first)")
     tb.add_argument("name", help="e.g. demo, followup/table3, bot/table6")
     tb.add_argument("--run", action="store_true", help="train the rows that have no result yet")
-    tb.add_argument("--seeds", type=int, default=1, help="seeds per row (mean +- std)")
+    tb.add_argument("--seeds", type=int, default=None, help="seeds per row (mean +- std); default: the table's")
     tb.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every row's epochs by this factor")
     tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
     common(tb)
     tb.set_defaults(func=cmd_table)
+
+    pl = sub.add_parser("plot", help="a table's pictures (schedules, curves, ours vs paper, mixing examples) as PNG")
+    pl.add_argument("name")
+    pl.add_argument("--out", help="directory (default: <runs>/tables/<name>)")
+    pl.add_argument("--iters-per-epoch", type=int, default=196)
+    runs_flag(pl)
+    pl.set_defaults(func=cmd_plot)
 
     sc = sub.add_parser("schedule", help="plot the learning-rate schedule of recipes (PNG)")
     sc.add_argument("recipes", nargs="+")

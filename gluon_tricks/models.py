@@ -111,6 +111,9 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
     looks_like_file = src.endswith(".params") or os.sep in src or Path(src).exists()
     if looks_like_file:
         path = Path(src)
+        project_path = Path(__file__).resolve().parent.parent / src  # recipes name teacher/... files
+        if not path.is_absolute() and not path.exists() and project_path.exists():
+            path = project_path
         if not path.is_file():
             raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
                             "or give a zoo name in distill.teacher")

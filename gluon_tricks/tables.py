@@ -3,11 +3,20 @@
 A table lives in `recipes/<name>/table.toml`:
 
     title = "..."
+    set = ["data.fine_labels=true"]   # optional: overrides for every row (e.g. a fine-label twin)
+    seeds = 3                          # optional: default seeds per row
+    out_of_scope = "..."               # optional: listed for its numbers, never run
+
     [[rows]]
     label = "+ cosine decay"
-    recipe = "cosine.toml"          # relative to the table file
-    paper_top1 = 75.99              # optional: what the paper printed
-    paper_top5 = 95.55
+    recipe = "cosine.toml"             # relative to the table file
+    set = ["model.name=inceptionv3"]   # optional: overrides for this row
+    paper = { csv = "followup_table3_refinements.csv", row = "+ cosine decay" }
+
+Paper numbers are never typed into a table: `paper` points at a row of a CSV in
+gluon_tricks/paper_numbers/ (`row` matches the first column, or `match = {col = value}`
+several), and `top1`/`top5` (default "top1"/"top5") name its columns; `top1_std`,
+`top5_std` name spread columns and `top1_alt`/`top5_alt` a second printing shown beside.
 
 Results are looked up by each row's content hash (per seed and epoch scale), so
 `--run` trains only what is missing and an interrupted table resumes where it
@@ -15,6 +24,7 @@ stopped; a finished row is never trained again.
 """
 from __future__ import annotations
 
+import csv
 import statistics
 import tomllib
 from dataclasses import dataclass, field
@@ -23,12 +33,15 @@ from pathlib import Path
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs
 
+PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
+
 
 @dataclass
 class Row:
     label: str
-    recipe_path: Path
-    paper: dict = field(default_factory=dict)  # {"top1": 75.99, "top5": 95.55} where printed
+    recipe_path: Path | None
+    paper: dict = field(default_factory=dict)  # top1, top5 (+ _std, _alt) where printed
+    sets: list = field(default_factory=list)
     note: str = ""
 
 
@@ -39,6 +52,49 @@ class Table:
     rows: list[Row]
     note: str = ""
     path: Path | None = None
+    seeds: int = 1
+    out_of_scope: str = ""
+
+
+def read_csv(name: str) -> list[dict]:
+    path = PAPER_NUMBERS / name
+    if not path.is_file():
+        raise UserError(f"paper numbers file {name} not found in {PAPER_NUMBERS}")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _number(text):
+    """A CSV cell: a float, a printed range such as '72.6-75.1' kept as text, or None."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def paper_numbers(ref: dict, where: str) -> dict:
+    rows = read_csv(ref["csv"])
+    match = dict(ref.get("match", {}))
+    if "row" in ref:
+        match[next(iter(rows[0]))] = ref["row"]
+    found = [r for r in rows if all(r.get(k) == str(v) for k, v in match.items())]
+    if len(found) != 1:
+        raise UserError(f"{where}: paper = {ref} matches {len(found)} rows of {ref['csv']} (needs exactly one)")
+    row = found[0]
+    out = {}
+    for metric in ("top1", "top5"):
+        for suffix in ("", "_std", "_alt"):
+            col = ref.get(metric + suffix, metric if suffix == "" else None)
+            if not col:  # absent, or "" for a table that prints no such column
+                continue
+            if col not in row:
+                raise UserError(f"{where}: column {col!r} not in {ref['csv']}")
+            value = _number(row[col])
+            if value is not None:  # an empty cell: the paper printed nothing there
+                out[metric + suffix] = value
+    return out
 
 
 def table_names(root: Path) -> list[str]:
@@ -54,35 +110,43 @@ def load_table(root: Path, name: str) -> Table:
             raw = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: not valid TOML ({e})") from None
+    common = list(raw.get("set", []))
+    out_of_scope = raw.get("out_of_scope", "")
     rows = []
     for i, r in enumerate(raw.get("rows", [])):
-        if "recipe" not in r or "label" not in r:
-            raise UserError(f"{path}: row {i + 1} needs `label` and `recipe`")
-        paper = {k[len("paper_"):]: v for k, v in r.items() if k.startswith("paper_")}
-        rows.append(Row(r["label"], path.parent / r["recipe"], paper, r.get("note", "")))
-    return Table(name, raw.get("title", name), rows, raw.get("note", ""), path)
+        where = f"{path} row {i + 1}"
+        if "label" not in r or ("recipe" not in r and not out_of_scope):
+            raise UserError(f"{where}: needs `label` and `recipe`")
+        paper = paper_numbers(r["paper"], where) if "paper" in r else {}
+        recipe = path.parent / r["recipe"] if "recipe" in r else None
+        rows.append(Row(r["label"], recipe, paper, common + list(r.get("set", [])), r.get("note", "")))
+    return Table(name, raw.get("title", name), rows, raw.get("note", ""), path, int(raw.get("seeds", 1)),
+                 out_of_scope)
 
 
 def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list:
     """The recipes a row stands for: one per seed, with epochs scaled."""
-    base = load_recipe(row.recipe_path, list(overrides))
-    out = []
-    for i in range(seeds):
-        r = load_recipe(row.recipe_path, list(overrides) + [f"seed={base.seed + i}"])
-        out.append(scale_epochs(r, epochs_scale))
-    return out
+    if row.recipe_path is None:
+        return []
+    sets = row.sets + list(overrides)
+    base = load_recipe(row.recipe_path, sets)
+    return [scale_epochs(load_recipe(row.recipe_path, sets + [f"seed={base.seed + i}"]), epochs_scale)
+            for i in range(seeds)]
 
 
-def run_table(table: Table, seeds: int = 1, epochs_scale: float = 1.0, runs_root=None, overrides=(),
+def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
               progress: bool = True) -> None:
     from gluon_tricks.engine import train
     from gluon_tricks.results import RunDir, find_result, run_dir_for
 
+    if table.out_of_scope:
+        raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
+    seeds = seeds or table.seeds
     for row in table.rows:
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             h = content_hash(recipe)
             if find_result(h, runs_root) is not None:
-                continue
+                continue  # finished (perhaps as another row or table: same recipe, same result)
             out = run_dir_for(recipe.name, h, runs_root)
             resume = RunDir(out).latest_checkpoint(quiet=True) is not None
             if progress:
@@ -96,28 +160,33 @@ def _stat(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def collect(table: Table, seeds: int = 1, epochs_scale: float = 1.0, runs_root=None, overrides=()) -> list[dict]:
+def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
+            overrides=()) -> list[dict]:
     """One dict per row: ours (mean/std over the seeds that have results) and the paper's."""
-    from gluon_tricks.results import find_result
+    from gluon_tricks.results import RunDir, find_result
 
+    seeds = seeds or table.seeds
     out = []
     for row in table.rows:
-        results = []
+        results, runs = [], []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             found = find_result(content_hash(recipe), runs_root)
             if found:
+                runs.append(found[0])
                 results.append(found[1])
         top1, top1_sd = _stat([r["final_top1"] for r in results])
         top5, top5_sd = _stat([r["final_top5"] for r in results])
         out.append({
-            "label": row.label, "runs": len(results), "seeds": seeds,
+            "label": row.label, "runs": len(results), "seeds": seeds, "run_dirs": [str(p) for p in runs],
             "top1": top1, "top1_std": top1_sd, "top5": top5, "top5_std": top5_sd,
-            "paper_top1": row.paper.get("top1"), "paper_top5": row.paper.get("top5"),
+            **{f"paper_{k}": v for k, v in row.paper.items()},
             "seconds_per_epoch": _stat([r["seconds_per_epoch"] for r in results])[0],
             "epochs": results[0]["epochs"] if results else None,
             "epochs_scale": epochs_scale,
             "hardware": results[0]["hardware"] if results else None,
             "note": row.note,
+            "recipe": str(row.recipe_path) if row.recipe_path else "",
+            "metrics": [RunDir(p).read_metrics() for p in runs],
         })
     return out
 
@@ -128,35 +197,53 @@ def _fmt(mean, std, runs) -> str:
     return f"{mean:.2f}" if runs < 2 else f"{mean:.2f} ± {std:.2f}"
 
 
+def _paper(r: dict, metric: str) -> str:
+    v = r.get(f"paper_{metric}")
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    text = f"{v:.2f}"
+    if r.get(f"paper_{metric}_std") is not None:
+        text += f" ± {r[f'paper_{metric}_std']:.2f}"
+    if r.get(f"paper_{metric}_alt") is not None:
+        text += f" ({r[f'paper_{metric}_alt']:.2f})"
+    return text
+
+
 def _diff(ours, paper) -> str:
-    return "" if ours is None or paper is None else f"{ours - paper:+.2f}"
+    return "" if ours is None or not isinstance(paper, float) else f"{ours - paper:+.2f}"
 
 
-def render(table: Table, fmt: str = "md", seeds: int = 1, epochs_scale: float = 1.0, runs_root=None,
+def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
            overrides=()) -> str:
+    seeds = seeds or table.seeds
     rows = collect(table, seeds, epochs_scale, runs_root, overrides)
     head = ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5", "s/epoch"]
     body = []
     for r in rows:
         body.append([
-            r["label"], _fmt(r["top1"], r["top1_std"], r["runs"]),
-            "" if r["paper_top1"] is None else f"{r['paper_top1']:.2f}", _diff(r["top1"], r["paper_top1"]),
-            _fmt(r["top5"], r["top5_std"], r["runs"]),
-            "" if r["paper_top5"] is None else f"{r['paper_top5']:.2f}", _diff(r["top5"], r["paper_top5"]),
+            r["label"], "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"]),
+            _paper(r, "top1"), _diff(r["top1"], r.get("paper_top1")),
+            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"]),
+            _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
     hw = next((r["hardware"] for r in rows if r["hardware"]), None)
     notes = []
+    if table.out_of_scope:
+        notes.append(f"out of scope: {table.out_of_scope}; the paper's numbers only")
     if epochs_scale != 1.0:
         notes.append(f"epochs scaled by {epochs_scale:g}: not comparable with the paper's full-length runs")
     if hw:
         notes.append(f"ran on {', '.join(hw['ctx'])} ({hw['machine']}, {hw['cpus']} CPUs)")
     if seeds > 1:
-        notes.append(f"mean ± std over {seeds} seeds")
+        notes.append(f"ours: mean ± std over {seeds} seeds")
+    if any(r.get("paper_top1_alt") is not None for r in rows):
+        notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
     if table.note:
         notes.append(table.note)
     if fmt == "csv":
-        import csv
         import io
 
         buf = io.StringIO()
@@ -164,8 +251,8 @@ def render(table: Table, fmt: str = "md", seeds: int = 1, epochs_scale: float = 
         w.writerow(["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
                     "seconds_per_epoch", "runs", "epochs_scale"])
         for r in rows:
-            w.writerow([r["label"], r["top1"], r["top1_std"], r["paper_top1"], r["top5"], r["top5_std"],
-                        r["paper_top5"], r["seconds_per_epoch"], r["runs"], r["epochs_scale"]])
+            w.writerow([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
+                        r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"]])
         return buf.getvalue().rstrip("\n")
     if fmt == "latex":
         def esc(s):
@@ -190,6 +277,9 @@ def list_tables(root: Path, runs_root=None) -> list[str]:
     out = []
     for name in table_names(root):
         t = load_table(root, name)
+        if t.out_of_scope:
+            out.append(f"{name:<24} out of scope       {t.title}")
+            continue
         done = sum(1 for r in collect(t, runs_root=runs_root) if r["runs"])
-        out.append(f"{name:<24} {done}/{len(t.rows)} rows with results  {t.title}")
+        out.append(f"{name:<24} {done}/{len(t.rows)} rows run  {t.title}")
     return out
