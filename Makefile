@@ -21,8 +21,10 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# NaiveEngine runs MXNet ops on the calling thread: ~5% faster for small CPU models.
 demo: $(STAMP)
-	$(PY) -m gluon_tricks table demo --run
+	MXNET_ENGINE_TYPE=NaiveEngine $(PY) -m gluon_tricks table demo --run
+	$(PY) -m gluon_tricks plot demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

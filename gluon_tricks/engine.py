@@ -214,8 +214,6 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
-    if dist.is_chief:
-        run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
     stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
     if dist.workers > 1 or len(contexts) > 1:
@@ -236,6 +234,10 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     else:
         loss_fn = SoftCrossEntropy()
     loss_fn.hybridize(static_alloc=True, static_shape=True)
+
+    # Every input is checked (devices, data, model, teacher) before the run directory is touched.
+    if dist.is_chief:
+        run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
     mixer = Mixer(recipe.mixup, recipe.epochs)
     mixblock = mix_block(mixer.sources) if mixer.enabled else None
