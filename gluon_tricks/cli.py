@@ -122,6 +122,29 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from gluon_tricks.data.imagenet import prepare
+
+    info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
+                   workers=args.workers, progress=not args.quiet)
+    print(f"{info['records']} images in {info['classes']} classes -> {args.out_prefix}.rec/.idx/.lst")
+    if info["skipped"]:
+        print(f"skipped {len(info['skipped'])} unreadable image(s), listed in {args.out_prefix}.skipped.txt:",
+              file=sys.stderr)
+        for rel in info["skipped"][:20]:
+            print(f"  {rel}", file=sys.stderr)
+    return 0
+
+
+def cmd_launch(args) -> int:
+    from gluon_tricks.launch import run
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return run(args.workers, args.servers, command, args.hostfile, args.port, args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +170,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
     t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("prepare", help="image class folders -> MXNet RecordIO (.rec/.idx/.lst)")
+    pr.add_argument("src", help="folder with one sub-folder per class (e.g. ImageNet's train/)")
+    pr.add_argument("out_prefix", help="e.g. data/imagenet/train -> train.rec, train.idx, train.lst")
+    pr.add_argument("--resize", type=int, default=0, help="resize the shorter side to this (0: keep)")
+    pr.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    pr.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_prepare)
+
+    la = sub.add_parser("launch", help="start an MXNet parameter-server job: scheduler, servers, workers")
+    la.add_argument("-n", "--workers", type=int, required=True)
+    la.add_argument("-s", "--servers", type=int, default=1)
+    la.add_argument("-H", "--hostfile", help="one worker host per line (ssh); default: all on 127.0.0.1")
+    la.add_argument("--port", type=int, default=0, help="scheduler port (default: a free one)")
+    la.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
+    la.add_argument("command", nargs=argparse.REMAINDER, help="-- train RECIPE [flags]")
+    la.set_defaults(func=cmd_launch)
 
     ex = sub.add_parser("export", help="copy a run's newest parameters to a .params file (e.g. a teacher)")
     ex.add_argument("run_dir")

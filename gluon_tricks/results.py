@@ -186,7 +186,8 @@ class RunDir:
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_root / f"epoch{epoch:04d}-step{step:07d}"
         tmp = self.ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in self.ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.mkdir()
             save_params(str(tmp / "net.params"))

@@ -50,9 +50,11 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
 
         train, test = load_datasets(spec)
         classes = recipe.model.classes or train.classes
-        stream = TrainStream(train.images, train.labels, classes, spec.batch_size // workers,
+        stream = TrainStream(train.images, train.labels, classes, spec.batch_size,
                              cifar_augment(spec, train=True), recipe.seed, recipe.smoothing.eps,
                              recipe.smoothing.form, part=rank, parts=workers)
         return stream, CifarTest(test.images, test.labels, spec.batch_size, cifar_augment(spec, train=False)), \
             classes, len(train)
-    raise UserError(f"data.dataset = {spec.dataset!r}: no reader for it yet")
+    from gluon_tricks.data.imagenet import make_imagenet_streams
+
+    return make_imagenet_streams(recipe, rank, workers)

@@ -25,37 +25,50 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def shard(order: np.ndarray, part: int, parts: int) -> np.ndarray:
-    """Worker `part` of `parts` takes every parts-th index: disjoint, covering, equal-sized."""
-    usable = len(order) - len(order) % parts
-    return order[:usable][part::parts]
-
-
 class TrainStream:
+    """Batches of one worker in a job of `parts` workers.
+
+    Every global step takes the same global batch (batch_size images of the epoch's
+    order), whatever the number of workers; worker `part` takes its contiguous slice,
+    and the augmentation draws are made for the whole global batch and sliced. So N
+    workers with one device each compute exactly what one process with N devices
+    computes (split_and_load hands device k the k-th slice), BatchNorm groups included."""
+
     def __init__(self, images, labels, classes, batch_size, augment, seed, smoothing_eps=0.0,
                  smoothing_form="gluoncv", part=0, parts=1, prefetch=2):
         self.images, self.labels, self.classes = images, labels, classes
-        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.global_batch, self.augment, self.seed = batch_size, augment, seed
+        self.batch_size = batch_size // parts
         self.eps, self.form = smoothing_eps, smoothing_form
         self.part, self.parts, self.prefetch = part, parts, prefetch
-        if len(images) // parts < batch_size:
+        if len(images) < batch_size:
             from gluon_tricks.errors import UserError
 
-            raise UserError(f"only {len(images) // parts} training images per worker for a batch of "
-                            f"{batch_size}; lower data.batch_size or use more data")
+            raise UserError(f"only {len(images)} training images for a batch of {batch_size}; "
+                            "lower data.batch_size or use more data")
 
     def steps_per_epoch(self) -> int:
-        return (len(self.images) // self.parts) // self.batch_size
+        return len(self.images) // self.global_batch
+
+    def indices(self, order: np.ndarray, step: int) -> np.ndarray:
+        start = step * self.global_batch + self.part * self.batch_size
+        return order[start:start + self.batch_size]
 
     def batch(self, epoch: int, step: int, order: np.ndarray):
-        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-        x = self.augment(self.images[idx], step_rng(self.seed, epoch, step, DATA_STREAM))
+        idx = self.indices(order, step)
+        rng = step_rng(self.seed, epoch, step, DATA_STREAM)
+        draws = None
+        if getattr(self.augment, "train", False):
+            full = self.augment.draw(self.global_batch, rng)
+            part = slice(self.part * self.batch_size, (self.part + 1) * self.batch_size)
+            draws = {k: v[part] for k, v in full.items()}
+        x = self.augment(self.images[idx], draws=draws)
         y = smooth_targets(self.labels[idx], self.classes, self.eps, self.form)
         return x, y, self.labels[idx]
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yields (step, x, y_soft, y_int) for the steps of `epoch` from `start_step` on."""
-        order = shard(epoch_order(len(self.images), self.seed, epoch), self.part, self.parts)
+        order = epoch_order(len(self.images), self.seed, epoch)
         steps = range(start_step, self.steps_per_epoch())
         if self.prefetch <= 0:
             for s in steps:

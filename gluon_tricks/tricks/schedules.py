@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-import mxnet as mx
-
 
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
           warmup_start_lr: float = 0.0, decay_epochs=(30, 60, 90), decay_factor: float = 0.1,
@@ -61,11 +59,13 @@ def scaled_lr(recipe) -> float:
     return o.lr * recipe.data.batch_size / o.lr_reference_batch
 
 
-class PaperLR(mx.lr_scheduler.LRScheduler):
-    """`lr_at` as an MXNet scheduler. MXNet counts updates from 1, lr_at from 0."""
+class PaperLR:
+    """`lr_at` as an MXNet scheduler (MXNet needs a callable with `base_lr`). MXNet counts
+    updates from 1, lr_at from 0. Deliberately not a subclass of mxnet's LRScheduler: a
+    parameter server unpickles the optimizer while `import mxnet` is still running."""
 
     def __init__(self, iters_per_epoch: int, **kwargs):
-        super().__init__(base_lr=kwargs["base_lr"])
+        self.base_lr = kwargs["base_lr"]
         self.iters_per_epoch = iters_per_epoch
         self.kwargs = kwargs
 

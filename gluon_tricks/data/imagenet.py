@@ -1,0 +1,374 @@
+"""The ImageNet-scale path: RecordIO preparation, `mx.io.ImageRecordIter` streams with the
+Bag of Tricks augmentation, and image-folder streams for small datasets (Food-101 subsets).
+
+data.root holds `train.rec/.idx` and `val.rec/.idx` (written by `gluon-tricks prepare`,
+with `train.classes.txt`), or `train/` and `val/` class folders for data.dataset =
+"imagefolder".
+
+Augmentation (Bag of Tricks Sec. 2; GluonCV's train_imagenet.py uses the same iterator
+arguments): random-resized crop with area in [data.min_area, 1] and aspect ratio in
+[3/4, 4/3] to data.image_size, flip with p = 0.5, brightness/contrast/saturation factors
+in [1 - j, 1 + j] with j = data.color_jitter, PCA lighting noise data.lighting_std,
+normalization by data.mean/data.std (given in [0, 1] units, so x255 for the iterator).
+Gap: the paper also scales hue; ImageRecordIter only offers an additive HSL hue shift
+(`random_h`), GluonCV's script leaves hue out, and so do we. Validation: shorter side
+resized to data.val_resize (default image_size x 256/224), center crop.
+
+Resuming mid-epoch: both streams skip the batches the interrupted epoch had trained on,
+with fresh shuffling and augmentation (the C++ iterator's order is not a function of the
+step), so a resumed ImageNet run matches an uninterrupted one only statistically.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from gluon_tricks.errors import UserError
+from gluon_tricks.tricks.smoothing import smooth_targets
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+# -- preparing RecordIO ------------------------------------------------------------------------
+def list_images(src: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """(label, relative path) of every image, labels by sorted class-folder name."""
+    src = Path(src)
+    if not src.is_dir():
+        raise UserError(f"image folder {src} not found; it needs one sub-folder per class")
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir())
+    if not classes:
+        raise UserError(f"{src} has no class sub-folders (expected {src}/<class>/<image>.jpg)")
+    items = []
+    for label, name in enumerate(classes):
+        for f in sorted((src / name).rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((label, str(f.relative_to(src))))
+    return items, classes
+
+
+def _encode(args):
+    """Worker: read, resize the shorter side, re-encode as JPEG. None if unreadable."""
+    import cv2
+
+    path, resize, quality = args
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    if resize > 0:
+        h, w = img.shape[:2]
+        scale = resize / min(h, w)
+        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None
+
+
+def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, workers: int = 0,
+            progress: bool = True) -> dict:
+    """Class folders -> OUT.rec + OUT.idx + OUT.lst (+ OUT.classes.txt, OUT.skipped.txt).
+
+    The records are MXNet's own format (`mx.recordio.MXIndexedRecordIO`, IRHeader + JPEG
+    bytes), the same as `tools/im2rec.py` writes; we run the loop ourselves because im2rec
+    only prints unreadable files, and here they must be skipped *and* listed."""
+    import mxnet as mx
+
+    src, out_prefix = Path(src), Path(out_prefix)
+    items, classes = list_images(src)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out_prefix}.lst", "w") as f:
+        for i, (label, rel) in enumerate(items):
+            f.write(f"{i}\t{label}\t{rel}\n")
+    Path(f"{out_prefix}.classes.txt").write_text("\n".join(classes) + "\n")
+    record = mx.recordio.MXIndexedRecordIO(f"{out_prefix}.idx", f"{out_prefix}.rec", "w")
+    jobs = [(str(src / rel), resize, quality) for _, rel in items]
+    skipped = []
+    workers = workers or os.cpu_count() or 1
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"prepare {out_prefix.name}", unit="img")
+    written = 0
+    with Pool(workers) as pool:
+        for i, encoded in enumerate(pool.imap(_encode, jobs, chunksize=16)):
+            label, rel = items[i]
+            if encoded is None:
+                skipped.append(rel)
+            else:
+                header = mx.recordio.IRHeader(0, float(label), written, 0)
+                record.write_idx(written, mx.recordio.pack(header, encoded))
+                written += 1
+            if bar is not None:
+                bar.update(1)
+    record.close()
+    if bar is not None:
+        bar.close()
+    Path(f"{out_prefix}.skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    return {"records": written, "skipped": skipped, "classes": len(classes)}
+
+
+# -- streams -----------------------------------------------------------------------------------
+def _val_resize(spec) -> int:
+    return spec.val_resize or int(math.ceil(spec.image_size * 256 / 224))
+
+
+def _iter_norm(spec) -> dict:
+    m = [255.0 * v for v in spec.mean]
+    s = [255.0 * v for v in spec.std]
+    return dict(mean_r=m[0], mean_g=m[1], mean_b=m[2], std_r=s[0], std_g=s[1], std_b=s[2])
+
+
+def count_records(idx: Path) -> int:
+    with open(idx) as f:
+        return sum(1 for line in f if line.strip())
+
+
+def read_classes(root: Path) -> int | None:
+    p = root / "train.classes.txt"
+    return len([l for l in p.read_text().splitlines() if l.strip()]) if p.is_file() else None
+
+
+def crop_box(height: int, width: int, rng: np.random.Generator, min_area: float = 0.08,
+             ratio=(3 / 4, 4 / 3), attempts: int = 10) -> tuple[int, int, int, int]:
+    """The random-resized-crop sample of Bag of Tricks (x, y, w, h): area fraction uniform in
+    [min_area, 1], log-uniform aspect ratio in `ratio`; after `attempts` misses, the largest
+    centered crop within the ratio bounds (the usual fallback)."""
+    area = height * width
+    for _ in range(attempts):
+        target = area * rng.uniform(min_area, 1.0)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+@dataclass
+class _Common:
+    classes: int
+    eps: float
+    form: str
+    batch_size: int
+    limit_steps: int
+
+    def targets(self, labels: np.ndarray):
+        return smooth_targets(labels, self.classes, self.eps, self.form)
+
+
+class RecordTrainStream:
+    def __init__(self, recipe, root: Path, classes: int, rank: int, workers: int):
+        import mxnet as mx
+
+        spec = recipe.data
+        rec, idx = root / "train.rec", root / "train.idx"
+        for p in (rec, idx):
+            if not p.is_file():
+                raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/train {root}/train`")
+        self.batch_size = spec.batch_size // workers
+        self.steps = count_records(idx) // workers // self.batch_size
+        if spec.train_limit:
+            self.steps = min(self.steps, max(1, spec.train_limit // spec.batch_size))
+        if self.steps < 1:
+            raise UserError(f"{rec} holds fewer images than one batch of {self.batch_size} per worker")
+        s = spec.image_size
+        self.common = _Common(classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
+        augment = dict(random_resized_crop=True, min_random_area=spec.min_area, max_random_area=1.0,
+                       min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3, rand_mirror=True,
+                       brightness=spec.color_jitter, contrast=spec.color_jitter, saturation=spec.color_jitter,
+                       pca_noise=spec.lighting_std) if spec.augment != "none" else {}
+        self.iter = mx.io.ImageRecordIter(
+            path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
+            shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
+            preprocess_threads=os.cpu_count() or 1, **augment, **_iter_norm(spec))
+
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        self.iter.reset()
+        for step, batch in enumerate(self.iter):
+            if step >= self.steps:
+                break
+            if step < start_step:
+                continue
+            labels = batch.label[0].asnumpy().astype(np.int64)
+            yield step, batch.data[0], self.common.targets(labels), labels
+
+
+class RecordTestStream:
+    def __init__(self, recipe, root: Path):
+        spec = recipe.data
+        self.rec, self.idx = root / "val.rec", root / "val.idx"
+        for p in (self.rec, self.idx):
+            if not p.is_file():
+                raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/val {root}/val`")
+        self.n = count_records(self.idx)
+        if spec.test_limit:
+            self.n = min(self.n, spec.test_limit)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self):
+        import mxnet as mx
+
+        s = self.spec.image_size
+        it = mx.io.ImageRecordIter(path_imgrec=str(self.rec), path_imgidx=str(self.idx), data_shape=(3, s, s),
+                                   batch_size=self.spec.batch_size, resize=_val_resize(self.spec), shuffle=False,
+                                   round_batch=False, preprocess_threads=os.cpu_count() or 1,
+                                   **_iter_norm(self.spec))
+        seen = 0
+        for batch in it:
+            n = min(batch.data[0].shape[0] - batch.pad, self.n - seen)
+            if n <= 0:
+                break
+            yield batch.data[0][:n], batch.label[0][:n].asnumpy().astype(np.int64)
+            seen += n
+
+
+class _Checked:
+    """An image-folder dataset whose unreadable files are named in a one-line error."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as e:  # OpenCV/MXNet decode errors have no common type
+            path = self.dataset.items[i][0] if hasattr(self.dataset, "items") else f"item {i}"
+            raise UserError(f"unreadable image {path} ({e.__class__.__name__}); delete or replace it, "
+                            "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
+
+
+def folder_transforms(spec, train: bool):
+    from mxnet.gluon.data.vision import transforms as T
+
+    s = spec.image_size
+    if not train:
+        return T.Compose([T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s), T.ToTensor(),
+                          T.Normalize(spec.mean, spec.std)])
+    steps = []
+    if spec.augment != "none":
+        steps += [T.RandomResizedCrop(s, scale=(spec.min_area, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomFlipLeftRight()]
+        if spec.color_jitter > 0:
+            steps.append(T.RandomColorJitter(brightness=spec.color_jitter, contrast=spec.color_jitter,
+                                             saturation=spec.color_jitter))
+        if spec.lighting_std > 0:
+            steps.append(T.RandomLighting(spec.lighting_std))
+    else:
+        steps += [T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s)]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+
+
+def _folder(root: Path, part: str):
+    import mxnet as mx
+
+    path = root / part
+    if not path.is_dir():
+        raise UserError(f"image folder {path} not found; data.root needs train/ and val/ with one sub-folder per class")
+    return mx.gluon.data.vision.ImageFolderDataset(str(path))
+
+
+class FolderTrainStream:
+    def __init__(self, recipe, root: Path, rank: int, workers: int):
+        import mxnet as mx
+
+        spec = recipe.data
+        ds = _folder(root, "train")
+        self.classes = len(ds.synsets)
+        if workers > 1:
+            ds = ds.shard(workers, rank)
+        self.batch_size = spec.batch_size // workers
+        n = len(ds) if not spec.train_limit else min(len(ds), spec.train_limit)
+        self.steps = n // self.batch_size
+        if self.steps < 1:
+            raise UserError(f"{root / 'train'} holds fewer images than one batch of {self.batch_size}")
+        self.common = _Common(self.classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
+        # Threads, not processes: a decode error then surfaces as our one-line UserError.
+        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, True)),
+                                               batch_size=self.batch_size, shuffle=True, last_batch="discard",
+                                               num_workers=os.cpu_count() or 1, thread_pool=True)
+        self.seed = recipe.seed
+
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        np.random.seed((self.seed * 1000003 + epoch) % (2 ** 32))  # the sampler's shuffle
+        for step, (x, y) in enumerate(self.loader):
+            if step >= self.steps:
+                break
+            if step < start_step:
+                continue
+            labels = y.asnumpy().astype(np.int64)
+            yield step, x, self.common.targets(labels), labels
+
+
+class _TransformFirst:
+    def __init__(self, dataset, fn):
+        self.dataset, self.fn = dataset, fn
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return self.fn(x), y
+
+
+class FolderTestStream:
+    def __init__(self, recipe, root: Path):
+        import mxnet as mx
+
+        spec = recipe.data
+        ds = _folder(root, "val")
+        self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
+        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, False)),
+                                               batch_size=spec.batch_size, shuffle=False, last_batch="keep",
+                                               num_workers=os.cpu_count() or 1, thread_pool=True)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batches(self):
+        seen = 0
+        for x, y in self.loader:
+            n = min(x.shape[0], self.n - seen)
+            if n <= 0:
+                break
+            yield x[:n], y[:n].asnumpy().astype(np.int64)
+            seen += n
+
+
+def make_imagenet_streams(recipe, rank: int, workers: int):
+    spec = recipe.data
+    root = Path(spec.root) if spec.root else Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
+    if spec.dataset == "recordio":
+        classes = recipe.model.classes or read_classes(root)
+        if not classes:
+            raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
+                            "`gluon-tricks prepare`); set model.classes")
+        train = RecordTrainStream(recipe, root, classes, rank, workers)
+        test = RecordTestStream(recipe, root)
+        return train, test, classes, train.steps * spec.batch_size
+    train = FolderTrainStream(recipe, root, rank, workers)
+    classes = recipe.model.classes or train.classes
+    train.common.classes = classes
+    return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size

@@ -1,0 +1,170 @@
+"""Data parallelism on this CPU: two contexts, and a real parameter-server job on 127.0.0.1."""
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+
+from gluon_tricks.data.loader import TrainStream, epoch_order
+from gluon_tricks.engine import make_optimizer, train
+from gluon_tricks.launch import plan, read_hostfile, training_command
+from gluon_tricks.recipe import recipe_from_dict, to_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trainable(params: dict) -> dict:
+    return {k: v for k, v in params.items() if not k.endswith(("running_mean", "running_var"))}
+
+
+def max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(mx.nd.abs(a[k] - b[k]).max().asscalar()) for k in a)
+
+
+@pytest.mark.parametrize("kvstore", ["device", "local"])
+def test_two_contexts_equal_one_context_on_the_full_batch(kvstore):
+    """The engine's reduction path (split_and_load + Trainer + the recipe's optimizer and
+    schedule) on a BatchNorm-free net: BN statistics are per device by design."""
+    r = recipe_from_dict({"epochs": 2, "schedule": {"kind": "cosine", "warmup_epochs": 1}})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(3, 16, 10)).astype(np.float32), rng.integers(0, 4, (3, 16))
+    results = []
+    for ctxs in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
+        mx.random.seed(0)
+        net = gluon.nn.HybridSequential()
+        net.add(gluon.nn.Dense(8, activation="relu", in_units=10), gluon.nn.Dense(4, in_units=8))
+        net.initialize(mx.init.Xavier(), ctx=ctxs)
+        name, params = make_optimizer(r, iters_per_epoch=2)
+        trainer = gluon.Trainer(net.collect_params(), name, params, kvstore=kvstore)
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        for step in range(3):
+            xs = gluon.utils.split_and_load(x[step], ctxs)
+            ys = gluon.utils.split_and_load(y[step].astype(np.float32), ctxs)
+            with autograd.record():
+                losses = [loss_fn(net(a), b) for a, b in zip(xs, ys)]
+            autograd.backward(losses)
+            trainer.step(16)
+        results.append([p.data(ctxs[0]).copy() for p in net.collect_params().values()])
+    a, b = results
+    assert len(a) == 4 and max(float(mx.nd.abs(p - q).max().asscalar()) for p, q in zip(a, b)) < 1e-6
+
+
+def tiny_recipe(tmp_path, **extra):
+    d = {"name": "dist", "epochs": 1, "seed": 3,
+         "data": {"dataset": "cifar10-mini", "batch_size": 32, "train_limit": 96, "test_limit": 32},
+         "model": {"name": "cifar_resnet20_v1"}, "system": {"log_interval": 1}}
+    d.update(extra)
+    r = recipe_from_dict(d)
+    path = tmp_path / "dist.toml"
+    path.write_text(to_toml(r))
+    return r, path
+
+
+def final(run: Path):
+    from gluon_tricks.results import RunDir
+
+    return mx.nd.load(str(RunDir(run).latest_checkpoint(quiet=True).params))
+
+
+def test_engine_device_and_local_kvstores_agree(tmp_path):
+    r, _ = tiny_recipe(tmp_path, system={"ctx": "cpu:0,cpu:1", "kvstore": "device"})
+    train(r, tmp_path / "device", progress=False)
+    r2, _ = tiny_recipe(tmp_path, system={"ctx": "cpu:0,cpu:1", "kvstore": "local"})
+    train(r2, tmp_path / "local", progress=False)
+    assert max_diff(final(tmp_path / "device"), final(tmp_path / "local")) < 1e-5
+
+
+def test_worker_shards_are_disjoint_and_cover_each_global_batch():
+    images, labels = np.zeros((100, 32, 32, 3), np.uint8), np.zeros(100, np.int64)
+    from gluon_tricks.data.augment import CifarAugment
+    aug = CifarAugment([0.5] * 3, [0.2] * 3, train=False)
+    for workers in (1, 2, 4):
+        streams = [TrainStream(images, labels, 10, 24, aug, 0, part=p, parts=workers) for p in range(workers)]
+        order = epoch_order(100, 0, 5)
+        steps = streams[0].steps_per_epoch()
+        assert steps == 4
+        taken = [np.concatenate([s.indices(order, k) for s in streams]) for k in range(steps)]
+        for k in range(steps):
+            np.testing.assert_array_equal(taken[k], order[24 * k:24 * (k + 1)])  # the same global batch
+        flat = np.concatenate(taken)
+        assert len(set(flat.tolist())) == len(flat) == 96
+
+
+def launch(args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "gluon_tricks", "launch", *map(str, args)], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_two_workers_match_one_process_with_two_devices(tmp_path):
+    r, path = tiny_recipe(tmp_path)
+    run, dump = tmp_path / "run", tmp_path / "workers"
+    proc = launch(["-n", 2, "-s", 1, "--timeout", 150, "--", "train", path, "--out", run, "--quiet"],
+                  env={"GLUON_TRICKS_WORKER_PARAMS_DIR": str(dump)})
+    out, err = proc.communicate(timeout=170)
+    assert proc.returncode == 0, err
+    w0 = mx.nd.load(str(dump / "worker0.params"))
+    w1 = mx.nd.load(str(dump / "worker1.params"))
+    # weights come from the servers: identical on both workers; BN running statistics are per worker
+    assert max_diff(trainable(w0), trainable(w1)) == 0.0
+    # One process, two devices, the same global batches, and the same thread count as the
+    # workers: MXNet's CPU kernels round differently with another OMP_NUM_THREADS (one step
+    # with 1 vs 2 threads moves the first conv by ~2.5e-4).
+    single = subprocess.run([sys.executable, "-m", "gluon_tricks", "train", str(path), "--out", str(tmp_path / "single"),
+                             "--ctx", "cpu:0,cpu:1", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", GLUON_TRICKS_WORKER_PARAMS_DIR=str(tmp_path / "s")))
+    assert single.returncode == 0, single.stderr
+    single = mx.nd.load(str(tmp_path / "s" / "worker0.params"))
+    # gradients are summed in another order (servers vs the local kvstore): float32 rounding only
+    assert max_diff(trainable(w0), trainable(single)) < 1e-5
+    assert max_diff(trainable(final(run)), trainable(w0)) < 1e-4  # rank 0's checkpoint is the result
+    # only rank 0 wrote: one metrics line, one result
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "recipe.toml", "result.json", "run.json"]
+
+
+def test_a_killed_worker_ends_the_job_with_its_name(tmp_path):
+    _, path = tiny_recipe(tmp_path, epochs=50)
+    proc = launch(["-n", 2, "-s", 1, "--", "train", path, "--out", tmp_path / "run", "--quiet"])
+    pid = None
+    t0 = time.time()
+    lines = []
+    while pid is None and time.time() - t0 < 60:
+        line = proc.stderr.readline()
+        lines.append(line)
+        m = re.search(r"started worker 1 \(pid (\d+)\)", line)
+        if m:
+            pid = int(m.group(1))
+    assert pid, lines
+    time.sleep(3)
+    os.kill(pid, 9)
+    t_kill = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert f"worker 1 (pid {pid}) was killed by signal 9; stopping the job" in err
+    assert time.time() - t_kill < 30
+
+
+def test_job_layout_and_ssh_commands(tmp_path):
+    (tmp_path / "hosts").write_text("# workers\nnode-a\nnode-b slots=8\n")
+    hosts = read_hostfile(tmp_path / "hosts")
+    assert hosts == ["node-a", "node-b"]
+    cmd = training_command(["train", "r.toml"])
+    assert cmd[-2:] == ["--kvstore", "dist_sync"] and cmd[:3] == [sys.executable, "-m", "gluon_tricks"]
+    assert training_command(["train", "r.toml", "--kvstore", "dist_async"])[-1] == "dist_async"
+    roles = plan(3, 2, cmd, hosts, port=9100, root_uri="10.0.0.1", workdir="/srv/gt")
+    assert [n for n, _, _ in roles] == ["scheduler", "server 0", "server 1", "worker 0 on node-a",
+                                        "worker 1 on node-b", "worker 2 on node-a"]
+    name, argv, env = roles[4]
+    assert argv[0] == "ssh" and argv[-2] == "node-b"
+    assert "DMLC_ROLE=worker" in argv[-1] and "DMLC_PS_ROOT_URI=10.0.0.1" in argv[-1] and "cd /srv/gt" in argv[-1]
+    assert env["DMLC_NUM_WORKER"] == "3" and env["DMLC_NUM_SERVER"] == "2" and env["DMLC_PS_ROOT_PORT"] == "9100"
+    local = plan(2, 1, cmd, port=9200)
+    assert all(e["DMLC_PS_ROOT_URI"] == "127.0.0.1" and e["DMLC_INTERFACE"] == "lo" for _, _, e in local)
