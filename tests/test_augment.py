@@ -105,3 +105,19 @@ def test_color_pipeline_equals_per_image_reference():
         if d["flip"][i]:
             crop = crop[:, ::-1]
         np.testing.assert_allclose(out[i], crop, atol=0.02)
+
+
+def test_reused_buffers_do_not_leak_between_batches():
+    """The padded buffer is reused across calls: a batch's output must not depend on the previous batch."""
+    a, b = batch(32, seed=7), batch(32, seed=8)
+    aug = CifarAugment(IMAGENET_MEAN, IMAGENET_STD, train=True)
+    d = aug.draw(32, np.random.default_rng(9))
+    aug(a, draws=d)
+    again = aug(b, draws=d)
+    fresh = CifarAugment(IMAGENET_MEAN, IMAGENET_STD, train=True)(b, draws=d)
+    np.testing.assert_array_equal(again, fresh)
+    # the pad border still holds normalized black after use
+    pad_value = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    d2 = dict(d, oy=np.zeros(32, int), ox=np.zeros(32, int), flip=np.zeros(32, bool))
+    out = aug(b, draws=d2)
+    np.testing.assert_allclose(out[:, :, 0, 0], np.tile(pad_value, (32, 1)), rtol=1e-5)

@@ -23,6 +23,8 @@ clipped to [0, 255] once at the end.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # Luma weights (ITU-R 601) used by MXNet's saturation and by the YIQ transform.
@@ -82,6 +84,20 @@ class CifarAugment:
         self.shift = (self.mean / self.std).astype(np.float32)
         # Python floats: numpy's clip takes a slow casting path with numpy-scalar bounds.
         self.clip_bounds = [(float(-sh), float(255.0 * sc - sh)) for sc, sh in zip(self.scale, self.shift)]
+        self._local = threading.local()
+
+    def _padded(self, n: int, c: int, h: int, w: int) -> np.ndarray:
+        """A padded batch buffer, kept per thread: its border is the normalized black pad
+        (0 before normalization, so -shift after) and never changes, and reusing it spares
+        the page faults of a fresh 2.4 MB array per batch (a quarter of the batch's time)."""
+        key = (n, c, h, w)
+        buf = getattr(self._local, "padded", None)
+        if buf is None or buf[0] != key:
+            p = self.pad
+            arr = np.empty((n, c, h + 2 * p, w + 2 * p), dtype=np.float32)
+            arr[...] = -self.shift[None, :, None, None]
+            buf = self._local.padded = (key, arr)
+        return buf[1]
 
     def draw(self, n: int, rng: np.random.Generator) -> dict:
         """All random choices for a batch of n images, one per image."""
@@ -122,9 +138,7 @@ class CifarAugment:
             x *= scale
             x -= shift
         p = self.pad
-        # Padding is black (0) before normalization, so -shift after it.
-        padded = np.empty((n, c, h + 2 * p, w + 2 * p), dtype=np.float32)
-        padded[...] = -self.shift[None, :, None, None]
+        padded = self._padded(n, c, h, w)
         padded[:, :, p:p + h, p:p + w] = x.reshape(n, c, h, w)
         # Every crop window of every image as a view; pick one window per image (a block copy).
         windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
