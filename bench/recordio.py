@@ -57,7 +57,6 @@ def main():
     ds = mx.gluon.data.vision.ImageFolderDataset(str(root / "train")).transform_first(folder_transforms(r.data, True))
     loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard", num_workers=cores())
     ref_rate = rate(lambda: (x for x, _ in loader), IMAGES)
-    del loader
     n = cores()
     rows = [{"benchmark": f"RecordIO 224-px decode+augment ({n} cores, img/s)", "ours": ours_rate,
              "reference": ref_rate, "ratio": ours_rate / ref_rate, "unit": "img/s", "goal": "> 1x",

@@ -14,8 +14,6 @@ must know before each update whether the gradients overflowed.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import signal

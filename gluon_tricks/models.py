@@ -15,7 +15,7 @@ import numpy as np
 from mxnet import init as mx_init
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.init import no_bias_decay, zero_gamma
+from gluon_tricks.tricks.init import descendants, no_bias_decay, zero_gamma
 
 
 def zoo_names() -> list[str]:
@@ -65,14 +65,8 @@ def output_layer_name(net) -> str:
 def output_classes(net) -> int | None:
     """Units of the network's output layer (GluonCV nets keep no `classes` attribute)."""
     layer = getattr(net, output_layer_name(net))
-    dense = [b for b in ([layer] + list(_descendants(layer))) if isinstance(b, mx.gluon.nn.Dense)]
+    dense = [b for b in ([layer] + list(descendants(layer))) if isinstance(b, mx.gluon.nn.Dense)]
     return dense[-1]._units if dense else None
-
-
-def _descendants(block):
-    for child in block._children.values():
-        yield child
-        yield from _descendants(child)
 
 
 def build_model(recipe, classes: int, ctx):

@@ -1,6 +1,5 @@
 """Batch-wise augmentation against its definition, image by image."""
 import numpy as np
-import pytest
 
 from gluon_tricks.data.augment import (LUMA, PCA_EIGVAL, PCA_EIGVEC, CifarAugment, color_matrices,
                                        lighting_offsets)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gluon_tricks.engine import parse_ctx, train
-from gluon_tricks.errors import Interrupted, UserError
+from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import recipe_from_dict
 
 

@@ -1,7 +1,6 @@
 """The ImageNet path on generated JPEGs: prepare, RecordIO and folder streams, crop sampling,
 a one-epoch run through train_imagenet.py, ResNet-50 at 224 px, fine-tuning."""
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ import gluon_tricks.engine as engine
 from gluon_tricks.cli import main, recipes_root
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import load_recipe
-from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, read_csv, render, run_table, table_names
+from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, render, run_table, table_names
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "papers"
 

@@ -257,13 +257,26 @@ class _Checked:
                             "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
 
 
+def _chain(steps):
+    """Apply transform blocks one after another. Not `transforms.Compose`: it hybridizes its
+    HybridBlock steps, and building that cached graph from the DataLoader's threads at once
+    races inside MXNet (name scopes are not thread-safe); plain calls are."""
+
+    def apply(x):
+        for step in steps:
+            x = step(x)
+        return x
+
+    return apply
+
+
 def folder_transforms(spec, train: bool):
     from mxnet.gluon.data.vision import transforms as T
 
     s = spec.image_size
     if not train:
-        return T.Compose([T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s), T.ToTensor(),
-                          T.Normalize(spec.mean, spec.std)])
+        return _chain([T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s), T.ToTensor(),
+                       T.Normalize(spec.mean, spec.std)])
     steps = []
     if spec.augment != "none":
         steps += [T.RandomResizedCrop(s, scale=(spec.min_area, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomFlipLeftRight()]
@@ -274,7 +287,7 @@ def folder_transforms(spec, train: bool):
             steps.append(T.RandomLighting(spec.lighting_std))
     else:
         steps += [T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s)]
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    return _chain(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 def _folder(root: Path, part: str):

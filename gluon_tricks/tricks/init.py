@@ -30,16 +30,17 @@ def last_batchnorm(block):
     """The last BatchNorm of a block's residual branch (outside its downsample shortcut):
     the one whose output is added to the shortcut."""
     shortcut = block.downsample
-    branch = [b for b in _descendants(block, skip=shortcut) if isinstance(b, nn.BatchNorm)]
+    branch = [b for b in descendants(block, skip=shortcut) if isinstance(b, nn.BatchNorm)]
     return branch[-1] if branch else None
 
 
-def _descendants(block, skip=None):
+def descendants(block, skip=None):
+    """Every block below `block` (depth first), leaving out the subtree `skip`."""
     for child in block._children.values():
         if child is skip:
             continue
         yield child
-        yield from _descendants(child, skip)
+        yield from descendants(child, skip)
 
 
 def zero_gamma(net) -> list[str]:
