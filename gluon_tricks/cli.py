@@ -145,6 +145,17 @@ def cmd_launch(args) -> int:
     return run(args.workers, args.servers, command, args.hostfile, args.port, args.timeout)
 
 
+def cmd_check_records(args) -> int:
+    from gluon_tricks.data.imagenet import check_records
+
+    info = check_records(Path(args.prefix), Path(args.repair) if args.repair else None)
+    print(f"{info['records']} records, {len(info['bad'])} corrupt" +
+          (f": {', '.join(map(str, info['bad'][:20]))}" if info["bad"] else ""))
+    if args.repair:
+        print(f"wrote the {info['records'] - len(info['bad'])} good records to {args.repair}.rec/.idx")
+    return 1 if info["bad"] and not args.repair else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -188,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     la.add_argument("command", nargs=argparse.REMAINDER, help="-- train RECIPE [flags]")
     la.set_defaults(func=cmd_launch)
+
+    ck = sub.add_parser("check-records", help="decode every record of a .rec; list (and with --repair skip) corrupt ones")
+    ck.add_argument("prefix", help="e.g. data/imagenet/train for train.rec + train.idx")
+    ck.add_argument("--repair", metavar="OUT_PREFIX", help="write the good records to OUT_PREFIX.rec/.idx")
+    ck.set_defaults(func=cmd_check_records)
 
     ex = sub.add_parser("export", help="copy a run's newest parameters to a .params file (e.g. a teacher)")
     ex.add_argument("run_dir")

@@ -195,3 +195,32 @@ def test_pretrained_fine_tuning_replaces_the_output_layer(tmp_path, monkeypatch)
     assert out.shape == (1, 21)
     w_src = src.features[0].weight.data().asnumpy()
     np.testing.assert_array_equal(net.features[0].weight.data().asnumpy(), w_src)
+
+
+def test_corrupt_record_is_named_counted_and_skipped(dataset, tmp_path, capsys):
+    import shutil
+
+    from gluon_tricks.cli import main
+
+    _, out, _, _ = dataset
+    root = tmp_path / "rec"
+    root.mkdir()
+    for name in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx"):
+        shutil.copy(out / name, root / name)
+    reader = mx.recordio.MXIndexedRecordIO(str(root / "train.idx"), str(root / "train.rec"), "r")
+    pos = reader.idx[5]
+    reader.close()
+    data = bytearray((root / "train.rec").read_bytes())
+    data[pos + 40:pos + 400] = b"\x55" * 360  # inside record 5's JPEG
+    (root / "train.rec").write_bytes(bytes(data))
+    stream = RecordTrainStream(recipe(root), root, 3, 0, 1)
+    with pytest.raises(UserError, match=r"train.rec: a record could not be decoded .*check-records"):
+        for _ in stream.epoch(0):
+            pass
+    assert main(["check-records", str(root / "train")]) == 1
+    assert "24 records, 1 corrupt: 5" in capsys.readouterr().out
+    assert main(["check-records", str(root / "train"), "--repair", str(root / "clean")]) == 0
+    for ext in ("rec", "idx"):
+        shutil.move(root / f"clean.{ext}", root / f"train.{ext}")
+    steps = [s for s, *_ in RecordTrainStream(recipe(root), root, 3, 0, 1).epoch(0)]
+    assert steps == [0, 1]  # 23 good records: two full batches of 8

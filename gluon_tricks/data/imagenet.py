@@ -111,6 +111,47 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
     return {"records": written, "skipped": skipped, "classes": len(classes)}
 
 
+def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
+    """Decode every record of PREFIX.rec (via its .idx); list the ones that do not decode.
+    With `repair_to`, write the good records to a new REPAIR.rec/.idx (the bad ones skipped
+    and counted): ImageRecordIter cannot skip a corrupt record, it stops the epoch."""
+    import cv2
+    import mxnet as mx
+
+    prefix = Path(prefix)
+    rec_path, idx_path = Path(f"{prefix}.rec"), Path(f"{prefix}.idx")
+    for p in (rec_path, idx_path):
+        if not p.is_file():
+            raise UserError(f"{p} not found; give the prefix of a .rec/.idx pair, e.g. data/imagenet/train")
+    reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
+    writer = mx.recordio.MXIndexedRecordIO(f"{repair_to}.idx", f"{repair_to}.rec", "w") if repair_to else None
+    bad, good = [], 0
+    for key in reader.keys:
+        try:
+            header, payload = mx.recordio.unpack(reader.read_idx(key))
+            ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
+        except Exception:  # a damaged header raises from the unpacking itself
+            ok = False
+        if not ok:
+            bad.append(key)
+        elif writer is not None:
+            writer.write_idx(good, mx.recordio.pack(header._replace(id=good), payload))
+            good += 1
+        else:
+            good += 1
+    reader.close()
+    if writer is not None:
+        writer.close()
+    return {"records": good + len(bad), "bad": bad}
+
+
+def _record_error(rec: Path, e: Exception) -> UserError:
+    first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else e.__class__.__name__
+    prefix = str(rec)[: -len(".rec")]
+    return UserError(f"{rec}: a record could not be decoded ({first}); list and skip the bad records with "
+                     f"`gluon-tricks check-records {prefix} --repair {prefix}-clean`")
+
+
 # -- streams -----------------------------------------------------------------------------------
 def _val_resize(spec) -> int:
     return spec.val_resize or int(math.ceil(spec.image_size * 256 / 224))
@@ -173,6 +214,7 @@ class RecordTrainStream:
 
         spec = recipe.data
         rec, idx = root / "train.rec", root / "train.idx"
+        self.rec = rec
         for p in (rec, idx):
             if not p.is_file():
                 raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/train {root}/train`")
@@ -197,14 +239,24 @@ class RecordTrainStream:
         return self.steps
 
     def epoch(self, epoch: int, start_step: int = 0):
-        self.iter.reset()
-        for step, batch in enumerate(self.iter):
-            if step >= self.steps:
-                break
-            if step < start_step:
-                continue
-            labels = batch.label[0].asnumpy().astype(np.int64)
-            yield step, batch.data[0], self.common.targets(labels), labels
+        import mxnet as mx
+
+        step = 0
+        try:
+            self.iter.reset()  # the C++ iterator decodes ahead: errors can surface here too
+        except mx.MXNetError as e:
+            raise _record_error(self.rec, e) from None
+        while step < self.steps:
+            try:
+                batch = self.iter.next()
+            except StopIteration:
+                return
+            except mx.MXNetError as e:
+                raise _record_error(self.rec, e) from None
+            if step >= start_step:
+                labels = batch.label[0].asnumpy().astype(np.int64)
+                yield step, batch.data[0], self.common.targets(labels), labels
+            step += 1
 
 
 class RecordTestStream:
@@ -231,7 +283,13 @@ class RecordTestStream:
                                    round_batch=False, preprocess_threads=os.cpu_count() or 1,
                                    **_iter_norm(self.spec))
         seen = 0
-        for batch in it:
+        while True:
+            try:
+                batch = it.next()
+            except StopIteration:
+                return
+            except mx.MXNetError as e:
+                raise _record_error(self.rec, e) from None
             n = min(batch.data[0].shape[0] - batch.pad, self.n - seen)
             if n <= 0:
                 break
