@@ -29,6 +29,20 @@ def median_rate(fn, items: int, repeats: int = 3) -> float:
     return statistics.median(rates)
 
 
+def seconds_per_call(fn, repeats: int = 20) -> float:
+    """Mean seconds of fn() over `repeats` calls after one warm-up, waiting for MXNet's
+    asynchronous engine to finish before each clock read."""
+    import mxnet as mx
+
+    fn()
+    mx.nd.waitall()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    mx.nd.waitall()
+    return (time.perf_counter() - t0) / repeats
+
+
 def record(name: str, rows: list[dict]) -> None:
     """Append this benchmark's rows to bench/out/<name>.json (run_all.py collects them)."""
     OUT.mkdir(exist_ok=True)

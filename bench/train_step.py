@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from common import cores, mini_cifar, print_table, record, reference_loader, tmpdir
+from common import cores, mini_cifar, print_table, record, reference_loader, seconds_per_call, tmpdir
 
 BATCH, IMAGES = 128, 1536
 
@@ -60,13 +60,7 @@ def network_only(model: str, steps: int = 8) -> float:
         loss.backward()
         trainer.step(BATCH)
 
-    step()
-    mx.nd.waitall()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    mx.nd.waitall()
-    return steps * BATCH / (time.perf_counter() - t0)
+    return BATCH / seconds_per_call(step, repeats=steps)
 
 
 def reference(model: str) -> tuple[float, int]:

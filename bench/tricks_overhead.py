@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from common import print_table, record, tmpdir
+from common import print_table, record, seconds_per_call, tmpdir
 from train_step import BATCH, network_only, ours
 
 STUDENT, TEACHER = "cifar_resnet20_v1", "cifar_resnet56_v1"
@@ -37,18 +37,6 @@ def teacher_file() -> str:
     path = str(tmpdir() / "teacher.params")
     net.save_parameters(path)
     return path
-
-
-def seconds_per_call(fn, repeats: int = 20) -> float:
-    import mxnet as mx
-
-    fn()
-    mx.nd.waitall()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    mx.nd.waitall()
-    return (time.perf_counter() - t0) / repeats
 
 
 def mixing_alone(kind: str) -> float:
