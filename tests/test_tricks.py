@@ -265,3 +265,17 @@ def test_float16_refused_on_cpu(tmp_path, tiny_recipe_dict):
     with pytest.raises(UserError, match="float16 needs GPU"):
         train(r, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_grads_finite_past_200_arrays_and_mixed_dtypes():
+    """MXNet's multi_all_finite segfaults past 200 arrays and rejects a float16/float32 mix
+    (an fp16 net keeps BatchNorm in fp32): the check must chunk and group by dtype."""
+    params = []
+    for i in range(410):
+        p = mx.gluon.Parameter(f"p{i}", shape=(3,), dtype="float16" if i % 2 else "float32")
+        p.initialize(ctx=[mx.cpu()])
+        p.grad()[:] = 1
+        params.append(p)
+    assert grads_finite(params, [mx.cpu()])
+    params[407].grad()[:] = np.inf  # a float16 gradient past the first chunk of 200
+    assert not grads_finite(params, [mx.cpu()])
