@@ -78,6 +78,10 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
 
     src, out_prefix = Path(src), Path(out_prefix)
     items, classes = list_images(src)
+    # Shuffled once, with a fixed seed (as im2rec does by default): ImageRecordIter gives
+    # each worker a contiguous part of the file (part_index/num_parts), so records written
+    # class by class would give each worker of a distributed job only some of the classes.
+    items = [items[i] for i in np.random.default_rng(100).permutation(len(items))]
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{out_prefix}.lst", "w") as f:
         for i, (label, rel) in enumerate(items):
