@@ -128,6 +128,9 @@ class RunDir:
         info = self.run_info()
         occupied = self.path.exists() and any(self.path.iterdir())
         if occupied and overwrite:
+            if info is None:  # never delete a directory that is not a gluon-tricks run
+                raise UserError(f"{self.path} holds files that are not a gluon-tricks run; "
+                                "--overwrite only replaces runs: choose another --out")
             shutil.rmtree(self.path)
             occupied, info = False, None
         if occupied:
