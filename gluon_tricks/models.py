@@ -3,7 +3,9 @@
 ResNet tweaks map onto zoo names (GLUONCV-FACTS): resnet50_v1 (the paper's
 ResNet-50), resnet50_v1b (ResNet-B), resnet50_v1c (ResNet-C), resnet50_v1d
 (ResNet-D); resnet152_v1d is Bag of Tricks' teacher. Pretrained weights are
-downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1.
+downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1; a zoo source may
+pin one published version as `name:tag` (GluonCV's short hash). Every pretrained
+network is loaded onto the run's contexts.
 """
 from __future__ import annotations
 
@@ -24,30 +26,68 @@ def zoo_names() -> list[str]:
     return sorted(get_model_list())
 
 
-def _get(name: str, **kwargs):
-    from gluoncv.model_zoo import get_model
-
+def _check_zoo_name(name: str) -> None:
     if name not in zoo_names():
         close = [n for n in zoo_names() if name.split("_")[0] in n][:8]
         raise UserError(f"unknown model {name!r}; GluonCV zoo names like it: {', '.join(close) or 'none'}"
                         " (gluoncv.model_zoo.get_model_list() has them all)")
+
+
+def _get(name: str, **kwargs):
+    from gluoncv.model_zoo import get_model
+
+    _check_zoo_name(name)
     try:
         return get_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"model {name!r} does not accept {sorted(kwargs)} ({e})") from None
 
 
-def _pretrained(name: str, **kwargs):
-    """The zoo's pretrained weights; a clear error when they cannot be downloaded."""
+def zoo_source(text: str) -> tuple[str, str | None]:
+    """`name` or `name:tag` (a GluonCV short hash naming one published version of the
+    weights, e.g. `resnet152_v1d:cddbc86f`) -> (name, tag or None)."""
+    name, sep, tag = text.partition(":")
+    if sep and (not tag or any(c not in "0123456789abcdef" for c in tag.lower())):
+        raise UserError(f"zoo weights {text!r}: after the colon comes GluonCV's hexadecimal short hash, "
+                        "e.g. resnet152_v1d:cddbc86f (or no colon for the zoo's current weights)")
+    return name, (tag.lower() if sep else None)
+
+
+def zoo_weights_file(name: str, tag: str | None = None) -> Path:
+    """Where GluonCV's model store keeps (and looks for) a zoo network's weights:
+    $MXNET_HOME/models/<name>-<short sha1>.params, the hash being the tag or the zoo's current one."""
+    from gluoncv.model_zoo import model_store
+
+    if tag is None:
+        try:
+            tag = model_store.short_hash(name)
+        except ValueError:
+            raise UserError(f"GluonCV publishes no pretrained weights for {name!r}; "
+                            "use a .params file (distill.teacher_model names its architecture)") from None
+    root = Path(os.environ.get("MXNET_HOME", "~/.mxnet")).expanduser() / "models"
+    return root / f"{name}-{tag}.params"
+
+
+def _pretrained(source: str, ctx, **kwargs):
+    """A zoo network with its published weights, loaded straight onto every context of the
+    run (GluonCV's default is cpu(0), which a GPU run cannot use); a one-line error naming
+    the file GluonCV expected when the weights cannot be had (offline machine, unknown tag)."""
+    name, tag = zoo_source(source)
+    _check_zoo_name(name)
+    expected = zoo_weights_file(name, tag)
     try:
-        return _get(name, pretrained=True, **kwargs)
+        return _get(name, pretrained=tag or True, ctx=ctx, **kwargs)
     except UserError:
         raise
     except Exception as e:  # network failures surface as several unrelated exception types
-        home = os.environ.get("MXNET_HOME", "~/.mxnet")
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        fetch = f"get_model('{name}', pretrained={repr(tag) if tag else True})"
+        state = "is missing" if not expected.exists() else "has another SHA1 (partial download or other version)"
         raise UserError(
-            f"pretrained weights of {name!r} could not be loaded ({e.__class__.__name__}: {e}); "
-            f"put {name}-<sha1>.params into {home}/models (GluonCV's cache) or use a local .params file"
+            f"pretrained weights of {source!r} could not be loaded ({e.__class__.__name__}: {why}); "
+            f"{expected} {state} (GluonCV's cache, $MXNET_HOME/models): on a machine with internet run "
+            f"python -c \"from gluoncv.model_zoo import get_model; {fetch}\" and copy that file here, "
+            "or use a local .params file"
         ) from None
 
 
@@ -78,7 +118,7 @@ def build_model(recipe, classes: int, ctx):
     if m.zero_gamma and not own_zero_gamma:
         kwargs["last_gamma"] = True
     if m.pretrained:
-        net = _pretrained(m.name, **kwargs)
+        net = _pretrained(m.name, ctx, **kwargs)
         if output_classes(net) != classes:
             # Fine-tuning (the Food-101 tutorial): a fresh output layer for our classes.
             attr = output_layer_name(net)
@@ -122,7 +162,7 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
             raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
                             f"({first}); check distill.teacher_model and the dataset's classes") from None
     else:
-        net = _pretrained(src)
+        net = _pretrained(src, ctx)
         out = output_classes(net)
         if out is not None and out != classes:
             raise UserError(f"teacher {src!r} predicts {out} classes but the dataset has {classes}; "
