@@ -74,7 +74,8 @@ def test_teacher_of_another_architecture_or_class_count(tmp_path, capsys):
 
 
 def test_gpu_without_gpu(tmp_path, capsys):
-    one_line_error(capsys, ["train", recipe_file(tmp_path), "--ctx", "gpu:0"], "GPU", "docs/gpu.md")
+    missing = f"gpu:{mx.context.num_gpus()}"  # one past the last GPU MXNet sees (gpu:0 on CPU)
+    one_line_error(capsys, ["train", recipe_file(tmp_path), "--ctx", missing], "GPU", "docs/gpu.md")
 
 
 def test_output_dir_with_a_different_run(tmp_path, capsys):
