@@ -156,6 +156,12 @@ def cmd_check_records(args) -> int:
     return 1 if info["bad"] and not args.repair else 0
 
 
+def cmd_doctor(args) -> int:
+    from gluon_tricks.doctor import run
+
+    return run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -209,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run_dir")
     ex.add_argument("out")
     ex.set_defaults(func=cmd_export)
+
+    dr = sub.add_parser("doctor", help="check this machine: packages, MXNet build, CUDA libraries, GPUs, data, disk")
+    dr.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.set_defaults(func=cmd_recipes)

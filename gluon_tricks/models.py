@@ -138,16 +138,24 @@ def build_model(recipe, classes: int, ctx):
     return net
 
 
+def teacher_file(source: str) -> Path | None:
+    """The .params file a `distill.teacher` names (as given, or relative to the project,
+    where recipes name teacher/... files), or None when it names zoo weights."""
+    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
+        return None
+    path = Path(source)
+    project_path = Path(__file__).resolve().parent.parent / source
+    if not path.is_absolute() and not path.exists() and project_path.exists():
+        path = project_path
+    return path
+
+
 def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
     """A teacher by zoo name (its pretrained weights) or from a .params file of
     `spec.teacher_model`. Checks that it predicts the same number of classes."""
     src = spec.teacher
-    looks_like_file = src.endswith(".params") or os.sep in src or Path(src).exists()
-    if looks_like_file:
-        path = Path(src)
-        project_path = Path(__file__).resolve().parent.parent / src  # recipes name teacher/... files
-        if not path.is_absolute() and not path.exists() and project_path.exists():
-            path = project_path
+    path = teacher_file(src)
+    if path is not None:
         if not path.is_file():
             raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
                             "or give a zoo name in distill.teacher")
