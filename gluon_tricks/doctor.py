@@ -173,16 +173,19 @@ def pin_lines(python_requires: str, requirements: list[str], python_version: str
     if len(wheels) > 1:
         lines.append(Line("FAIL", f"both {' and '.join(wheels)} are installed (they share one mxnet/ package)",
                           "pip uninstall -y mxnet mxnet-cu112, then pip install -e '.[gpu]' (or '.[cpu]')"))
+    # The extra that was installed is the one whose MXNet wheel is present ([gpu] also brings
+    # the CUDA libraries); the other extra and the test tools are not checked.
+    extra = "gpu" if cuda_libs.CUDA_WHEEL in wheels else "cpu"
     for text in requirements:
         req = Requirement(text)
-        extra = req.marker is not None and "extra" in str(req.marker)
-        if extra and req.name.lower() not in wheels:
-            continue  # another extra's wheel (cpu vs gpu) or the test tools
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
         have = version_of(req.name)
+        fix = f"pip install -e '.[{extra}]'" if req.marker is not None else "pip install -e ."
         if have is None:
-            lines.append(Line("FAIL", f"{req.name} is not installed (needs {req.specifier})", "pip install -e ."))
+            lines.append(Line("FAIL", f"{req.name} is not installed (needs {req.specifier})", fix))
         elif have not in req.specifier:
-            lines.append(Line("FAIL", f"{req.name} {have} does not satisfy {req.specifier}", "pip install -e ."))
+            lines.append(Line("FAIL", f"{req.name} {have} does not satisfy {req.specifier}", fix))
         else:
             lines.append(Line("OK", f"{req.name} {have} ({req.specifier})"))
     return lines

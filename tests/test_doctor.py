@@ -152,6 +152,12 @@ def test_pins_against_installed_versions():
     assert len(bad) == 2 and "Python 3.12.1 is outside >=3.11,<3.12" in bad[0] and "numpy 1.24.0" in bad[1]
     lines = pin_lines(">=3.11,<3.12", PINS, "3.11.7", installed=dict(good, **{"mxnet-cu112": "1.9.1"}))
     assert any(ln.status == "FAIL" and "both mxnet and mxnet-cu112" in ln.text for ln in lines)
+    gpu_pins = PINS + ['nvidia-cudnn-cu11==8.9.6.50; extra == "gpu"']
+    lines = pin_lines(">=3.11,<3.12", gpu_pins, "3.11.7", installed=good)  # CPU wheel: CUDA pins not checked
+    assert {ln.status for ln in lines} == {"OK"} and len(lines) == 4
+    gpu = {"numpy": "1.23.5", "tqdm": "4.66.0", "mxnet-cu112": "1.9.1"}
+    lines = pin_lines(">=3.11,<3.12", gpu_pins, "3.11.7", installed=gpu)
+    assert [ln.text for ln in lines if ln.status == "FAIL"] == ["nvidia-cudnn-cu11 is not installed (needs ==8.9.6.50)"]
     lines = pin_lines(">=3.11,<3.12", PINS, "3.11.7", installed={"mxnet": "1.9.1"})
     assert [ln.text for ln in lines if ln.status == "FAIL"] == ["numpy is not installed (needs ==1.23.5)",
                                                                 "tqdm is not installed (needs >=4.60)"]
