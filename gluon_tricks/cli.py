@@ -78,7 +78,7 @@ def cmd_table(args) -> int:
     table = load_table(recipes_root(), args.name)
     if args.run:
         run_table(table, seeds=args.seeds, epochs_scale=args.epochs_scale, runs_root=args.runs,
-                  overrides=_overrides(args), progress=not args.quiet)
+                  overrides=_overrides(args), progress=not args.quiet, parallel=args.parallel)
     print(render(table, fmt=args.format, seeds=args.seeds, epochs_scale=args.epochs_scale,
                  runs_root=args.runs, overrides=_overrides(args)))
     return 0
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--seeds", type=int, default=None, help="seeds per row (mean +- std); default: the table's")
     tb.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every row's epochs by this factor")
     tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    tb.add_argument("--parallel", type=int, nargs="?", const=0, default=None, metavar="N",
+                    help="with --run: N rows at once, each on one device of --ctx (no N: one row per device)")
     common(tb)
     tb.set_defaults(func=cmd_table)
 
