@@ -43,7 +43,8 @@ def reproducible_cpu(monkeypatch):
 
 def test_parallel_rows_equal_rows_run_one_after_another(tmp_path, monkeypatch, reproducible_cpu):
     table = two_row_table(tmp_path / "recipes")
-    run_table(table, runs_root=tmp_path / "seq", progress=False, overrides=['system.ctx="cpu"'])
+    # one after another, here in this process: the reference
+    run_table(table, runs_root=tmp_path / "seq", progress=False, overrides=['system.ctx="cpu"'], in_process=True)
     monkeypatch.setenv("GLUON_TRICKS_RECIPES", str(tmp_path / "recipes"))
     assert main(["table", "t", "--run", "--parallel", "2", "--ctx", "cpu:0,cpu:1", "--quiet",
                  "--runs", str(tmp_path / "par")]) == 0
@@ -70,9 +71,8 @@ def test_parallel_rows_equal_rows_run_one_after_another(tmp_path, monkeypatch, r
 def test_a_failing_row_is_named_and_the_other_rows_finish(tmp_path, reproducible_cpu):
     table = two_row_table(tmp_path / "recipes", second_row_extra=(
         '[distill]\nteacher = "no/such/teacher.params"\nteacher_model = "cifar_resnet20_v1"\n'))
-    with pytest.raises(UserError) as e:
-        run_table(table, runs_root=tmp_path / "runs", progress=False, overrides=['system.ctx="cpu:0,cpu:1"'],
-                  parallel=2)
+    with pytest.raises(UserError) as e:  # one row after the other, each in its own process
+        run_table(table, runs_root=tmp_path / "runs", progress=False)
     assert str(e.value).startswith("row 'B': teacher file no/such/teacher.params not found")
     assert sorted(finished(tmp_path / "runs")) == ["row-a"]
 
