@@ -207,8 +207,7 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
         slots = [devices[i % len(devices)] for i in range(parallel or len(devices))]
     queue, running, failures = deque(jobs), {}, []
     quiet_rows = len(slots) > 1  # interleaved epoch lines from several rows help nobody; metrics.jsonl has them
-    executor = ProcessPoolExecutor(max_workers=len(slots), mp_context=multiprocessing.get_context("spawn"),
-                                   max_tasks_per_child=1)
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
     try:
         while queue or running:
             while queue and slots and not failures:
@@ -218,14 +217,16 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
                     recipe = dataclasses.replace(recipe, system=dataclasses.replace(recipe.system, ctx=device))
                 if progress:
                     print(f"== {table.name}: {label} (seed {recipe.seed}) on {recipe.system.ctx} -> {out}", flush=True)
+                executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)  # one process per row
                 future = executor.submit(_train_row, recipe.to_dict(), h, str(out), resume,
                                          progress and not quiet_rows)
-                running[future] = (label, recipe, device)
+                running[future] = (label, recipe, device, executor)
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                label, recipe, device = running.pop(future)
+                label, recipe, device, executor = running.pop(future)
+                executor.shutdown(wait=True)
                 slots.append(device)
                 error = future.exception()
                 if error is not None:
@@ -236,10 +237,14 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
                           flush=True)
     except KeyboardInterrupt:
         # The rows' processes got the Ctrl-C too: each checkpoints at its next step and exits.
-        executor.shutdown(wait=True, cancel_futures=True)
+        for *_, executor in running.values():
+            executor.shutdown(wait=True)
         raise Interrupted(f"table {table.name} stopped; finished rows are kept and the others resume "
                           "from their checkpoints: run the same command again") from None
-    executor.shutdown(wait=True)
+    stopped = [label for label, error in failures if isinstance(error, Interrupted)]
+    if stopped:  # Ctrl-C reached the row processes first: each saved a checkpoint
+        raise Interrupted(f"table {table.name} stopped; {', '.join(map(repr, stopped))} checkpointed and resume "
+                          "when the same command runs again; finished rows are kept")
     if failures:
         label, error = failures[0]
         if isinstance(error, (UserError, Interrupted)):
