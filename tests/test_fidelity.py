@@ -211,3 +211,112 @@ def test_identity_drops_what_the_training_ignores():
         assert content_hash(recipe("followup/table3/smoothing.toml", [change])) == content_hash(base), change
     assert content_hash(recipe("followup/baseline.toml", ["smoothing.form=paper"])) == \
         content_hash(recipe("followup/baseline.toml"))  # eps 0: both forms are the one-hot target
+
+
+# --- F3: Table II as its code ran: no decay, wd 0, Nadam batch 128, Adam epsilon 1e-7 -----
+
+def lr_per_epoch(r, iters_per_epoch: int = 4) -> list[float]:
+    from gluon_tricks.tricks.schedules import lr_curve
+
+    return lr_curve(r, iters_per_epoch)[::iters_per_epoch]
+
+
+def test_table2_adaptive_optimizers_as_their_code_ran():
+    import mxnet as mx
+
+    from gluon_tricks.engine import make_optimizer
+
+    rows = {row.label: row_recipes(row, 1, 1.0)[0] for row in load_table(ROOT, "followup/table2").rows}
+    # the optimizer scripts at HEAD: decay commented out, no wd passed (MXNet's 0), lr 1e-3
+    source = {"Adam": (1e-3, 256, 1e-7), "Nadam": (1e-3, 128, 1e-8), "RMSProp": (1e-3, 256, 1e-8),
+              "Adadelta": (None, 256, 1e-5)}
+    for label, (lr, batch, eps) in source.items():
+        r = rows[label]
+        lrs = lr_per_epoch(r)
+        assert len(lrs) == 120 and len(set(lrs)) == 1, label
+        assert r.data.batch_size == batch, label
+        name, params = make_optimizer(r, 4)
+        opt = mx.optimizer.create(name, **params)
+        assert opt.wd == 0.0 and opt.epsilon == pytest.approx(eps, rel=1e-12), label
+        if lr is not None:
+            assert lrs[0] == lr, label
+
+
+def test_epsilon_is_refused_where_mxnet_has_none(tmp_path):
+    from gluon_tricks.errors import UserError
+
+    with pytest.raises(UserError, match="optim.epsilon is for adam"):
+        recipe("followup/baseline.toml", ["optim.epsilon=1e-7"])
+
+
+# --- F4: Table IV step rows decay where GluonCV's LRSequential decayed --------------------
+
+@pytest.mark.parametrize("steps,warm,drops", [([30, 60, 90], 5, [35, 65, 95]), ([30, 60, 90], 20, [50, 80, 110]),
+                                              ([40, 80], 5, [45, 85]), ([40, 80], 20, [60, 100])])
+def test_table4_step_rows_follow_gluoncv_lrsequential_point_by_point(steps, warm, drops):
+    from gluoncv.utils import LRScheduler, LRSequential
+
+    from gluon_tricks.tricks.schedules import lr_curve
+
+    r = recipe(f"followup/table4/step-{''.join(map(str, steps))}-w{warm}.toml")
+    n, epochs, lr = 3, r.epochs, r.optim.lr
+    # the follow-up's construction: linear warm-up, then a step scheduler over the remaining epochs
+    gcv = LRSequential([LRScheduler("linear", base_lr=0, target_lr=lr, nepochs=warm, iters_per_epoch=n),
+                        LRScheduler("step", base_lr=lr, nepochs=epochs - warm, iters_per_epoch=n,
+                                    step_epoch=steps + [math.inf], step_factor=0.1)])
+    ours = lr_curve(r, n)
+    theirs = [gcv(t) for t in range(epochs * n)]
+    assert len(ours) == len(theirs) == epochs * n
+    warm_iters = warm * n
+    # after the warm-up: identical at every iteration
+    assert ours[warm_iters:] == pytest.approx(theirs[warm_iters:], rel=1e-12, abs=1e-15)
+    # during it: GluonCV divides by niters - 1, so at most one increment apart (schedules.py)
+    assert max(abs(a - b) for a, b in zip(ours[:warm_iters], theirs[:warm_iters])) <= lr / (warm_iters - 1) + 1e-12
+    per_epoch = ours[::n]
+    assert [e for e in range(1, epochs) if per_epoch[e] < per_epoch[e - 1]] == drops
+
+
+def test_decay_from_start_is_gluoncv_imagenet_scripts_absolute_epochs():
+    # train_imagenet.py subtracts the warm-up from each decay epoch before its LRSequential,
+    # so Bag of Tricks' rows decay at 30/60/90 of the whole run
+    from gluoncv.utils import LRScheduler, LRSequential
+
+    from gluon_tricks.tricks.schedules import lr_curve
+
+    r = load_recipe(ROOT / "bot/table4/warmup.toml")
+    assert r.schedule.kind == "step" and r.schedule.decay_from == "start" and r.schedule.warmup_epochs == 5
+    n, warm = 2, r.schedule.warmup_epochs
+    gcv = LRSequential([LRScheduler("linear", base_lr=0, target_lr=r.optim.lr, nepochs=warm, iters_per_epoch=n),
+                        LRScheduler("step", base_lr=r.optim.lr, nepochs=r.epochs - warm, iters_per_epoch=n,
+                                    step_epoch=[e - warm for e in r.schedule.decay_epochs], step_factor=0.1)])
+    ours = lr_curve(r, n)
+    assert ours[warm * n:] == pytest.approx([gcv(t) for t in range(warm * n, r.epochs * n)], rel=1e-12)
+
+
+# --- F5, F6: the batch sizes and model of the runs that printed the numbers ---------------
+
+def test_table5_stitch_batches_are_the_printed_runs():
+    # 049a4dc (79.50 / 95.64, no distillation): batch 256; b2d883c (81.42 / 95.96, distilled): 128
+    t5 = {row.label: row_recipes(row, 1, 1.0)[0] for row in load_table(ROOT, "followup/table5").rows}
+    assert t5["Vert. Spatial Mixup (as run: top/bottom seam)"].data.batch_size == 256
+    assert t5["Vert. Spatial Mixup w/ Distill. (as run)"].data.batch_size == 128
+
+
+def test_resnet110_candidate_is_the_v2_run_at_batch_256():
+    # scripts/cifar100_resnet110_v2.ipynb at 6edeaa8 printed 79.36 / 95.02
+    r = recipe("followup/other/resnet110-teacher.toml")
+    assert (r.model.name, r.data.batch_size, r.epochs, r.schedule.warmup_epochs, r.schedule.kind,
+            r.smoothing.eps) == ("cifar_resnet110_v2", 256, 120, 20, "cosine", 0.1)
+
+
+# --- F7: "mixup off" as the code ran it: the last N epochs -------------------------------
+
+def test_a_row_switches_mixup_off_for_the_last_20_epochs_with_a_20_epoch_warmup():
+    rows = [r for t, _, r in followup_rows(fine=False) if t == "followup/other"]
+    code = [r for r in rows if r.mixup.off_last_epochs == 20]
+    assert len(code) == 1
+    r = code[0]
+    mixer = mixing.Mixer(r.mixup, r.epochs)
+    # the follow-up / GluonCV rule: lam = 1 when epoch >= epochs - mixup_off_epochs
+    assert [mixer.active(e) for e in range(r.epochs)] == [e < r.epochs - 20 for e in range(r.epochs)]
+    assert r.schedule.warmup_epochs == 20
