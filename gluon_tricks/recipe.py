@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
+from gluon_tricks._compat import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
