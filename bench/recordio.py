@@ -49,7 +49,7 @@ def main():
     prepare(root / "train", root / "rec" / "train", workers=cores(), progress=False)
     r = recipe_from_dict({"data": {"dataset": "recordio", "root": str(root / "rec"), "augment": "bot",
                                    "image_size": 224, "batch_size": BATCH}, "model": {"name": "resnet50_v1"}})
-    ours = RecordTrainStream(r, root / "rec", 4, 0, 1)
+    ours = RecordTrainStream(r, root / "rec", 0, 1)
     ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
 
     import mxnet as mx

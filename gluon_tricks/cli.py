@@ -50,7 +50,8 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
     from gluon_tricks.engine import train
 
-    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                   params_out=args.save_params)
     print(f"{recipe.name}: top-1 {result['final_top1']:.2f}  top-5 {result['final_top5']:.2f}  "
           f"(best {result['best_top1']:.2f} at epoch {result['best_epoch'] + 1})  -> {out}")
     return 0
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<name>-<content hash>)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
+    t.add_argument("--save-params", metavar="DIR", help="also write this worker's final parameters to "
+                   "DIR/worker<rank>.params (every worker of a distributed job, to compare them)")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("prepare", help="image class folders -> MXNet RecordIO (.rec/.idx/.lst)")

@@ -1,8 +1,9 @@
 """Datasets and batch streams. `make_streams` picks the reader a recipe names.
 
 A train stream has `steps_per_epoch()` and `epoch(epoch, start_step)` yielding
-(step, images, soft_targets, int_labels) with images NCHW float32 (numpy or
-NDArray); a test stream has `batches()` yielding (images, int_labels) and `__len__`.
+(step, images, int_labels) with images NCHW float32 (numpy or NDArray); label
+smoothing and mixing belong to the training step, not the stream. A test stream
+has `batches()` yielding (images, int_labels) and `__len__`.
 """
 from __future__ import annotations
 
@@ -50,9 +51,8 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
 
         train, test = load_datasets(spec)
         classes = recipe.model.classes or train.classes
-        stream = TrainStream(train.images, train.labels, classes, spec.batch_size,
-                             cifar_augment(spec, train=True), recipe.seed, recipe.smoothing.eps,
-                             recipe.smoothing.form, part=rank, parts=workers)
+        stream = TrainStream(train.images, train.labels, spec.batch_size, cifar_augment(spec, train=True),
+                             recipe.seed, part=rank, parts=workers)
         return stream, CifarTest(test.images, test.labels, spec.batch_size, cifar_augment(spec, train=False)), \
             classes, len(train)
     from gluon_tricks.data.imagenet import make_imagenet_streams

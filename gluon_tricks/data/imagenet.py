@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.smoothing import smooth_targets
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -200,20 +198,8 @@ def crop_box(height: int, width: int, rng: np.random.Generator, min_area: float 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-@dataclass
-class _Common:
-    classes: int
-    eps: float
-    form: str
-    batch_size: int
-    limit_steps: int
-
-    def targets(self, labels: np.ndarray):
-        return smooth_targets(labels, self.classes, self.eps, self.form)
-
-
 class RecordTrainStream:
-    def __init__(self, recipe, root: Path, classes: int, rank: int, workers: int):
+    def __init__(self, recipe, root: Path, rank: int, workers: int):
         import mxnet as mx
 
         spec = recipe.data
@@ -229,7 +215,6 @@ class RecordTrainStream:
         if self.steps < 1:
             raise UserError(f"{rec} holds fewer images than one batch of {self.batch_size} per worker")
         s = spec.image_size
-        self.common = _Common(classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
         augment = dict(random_resized_crop=True, min_random_area=spec.min_area, max_random_area=1.0,
                        min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3, rand_mirror=True,
                        brightness=spec.color_jitter, contrast=spec.color_jitter, saturation=spec.color_jitter,
@@ -258,8 +243,7 @@ class RecordTrainStream:
             except mx.MXNetError as e:
                 raise _record_error(self.rec, e) from None
             if step >= start_step:
-                labels = batch.label[0].asnumpy().astype(np.int64)
-                yield step, batch.data[0], self.common.targets(labels), labels
+                yield step, batch.data[0], batch.label[0].asnumpy().astype(np.int64)
             step += 1
 
 
@@ -375,7 +359,6 @@ class FolderTrainStream:
         self.steps = n // self.batch_size
         if self.steps < 1:
             raise UserError(f"{root / 'train'} holds fewer images than one batch of {self.batch_size}")
-        self.common = _Common(self.classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
         # Threads, not processes: a decode error then surfaces as our one-line UserError.
         self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, True)),
                                                batch_size=self.batch_size, shuffle=True, last_batch="discard",
@@ -392,8 +375,7 @@ class FolderTrainStream:
                 break
             if step < start_step:
                 continue
-            labels = y.asnumpy().astype(np.int64)
-            yield step, x, self.common.targets(labels), labels
+            yield step, x, y.asnumpy().astype(np.int64)
 
 
 class _TransformFirst:
@@ -440,10 +422,9 @@ def make_imagenet_streams(recipe, rank: int, workers: int):
         if not classes:
             raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
                             "`gluon-tricks prepare`); set model.classes")
-        train = RecordTrainStream(recipe, root, classes, rank, workers)
+        train = RecordTrainStream(recipe, root, rank, workers)
         test = RecordTestStream(recipe, root)
         return train, test, classes, train.steps * spec.batch_size
     train = FolderTrainStream(recipe, root, rank, workers)
     classes = recipe.model.classes or train.classes
-    train.common.classes = classes
     return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size

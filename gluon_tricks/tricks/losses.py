@@ -11,11 +11,16 @@ z the student's logits, r the teacher's, y the (smoothed, mixed) target. GluonCV
 `DistillationSoftmaxCrossEntropyLoss(temperature=T, hard_weight=1-w)` uses the
 cross-entropy CE(softmax(r/T), softmax(z/T)) instead of the KL divergence; the two
 differ by w * T^2 * H(softmax(r/T)), the teacher's entropy, which does not depend
-on the student: same gradients, different printed loss (tests/test_losses.py).
+on the student: same gradients, different printed loss (tests/test_tricks.py).
+
+The training step calls one step-loss object, built once per run: `StudentLoss` (the
+student alone) or `DistillStep` (which holds the teacher), so the step never asks
+whether there is a teacher.
 """
 from __future__ import annotations
 
 import numpy as np
+from mxnet import autograd
 from mxnet.gluon import HybridBlock
 
 
@@ -56,3 +61,34 @@ class DistillationLoss(HybridBlock):
         log_p_student = F.log_softmax(logits / self.t, axis=-1)
         kl = F.sum(F.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
         return (1 - self.w) * hard + self.w * self.t * self.t * kl
+
+
+class StudentLoss:
+    """The step's loss without a teacher: per device, the soft-target cross-entropy of
+    the student's logits, recorded for back-propagation."""
+
+    def __init__(self):
+        self.loss = SoftCrossEntropy()
+        self.loss.hybridize(static_alloc=True, static_shape=True)
+
+    def __call__(self, net, xs, ys) -> list:
+        with autograd.record():
+            outs = [net(x) for x in xs]
+            return [self.loss(o, y) for o, y in zip(outs, ys)]
+
+
+class DistillStep:
+    """The step's loss with a teacher: the teacher predicts on exactly the images the
+    student sees (mixed, if mixing is on) in inference mode and outside the recorded
+    graph, so no gradient or BatchNorm update reaches it."""
+
+    def __init__(self, teacher, temperature: float, soft_weight: float):
+        self.teacher = teacher
+        self.loss = DistillationLoss(temperature, soft_weight)
+        self.loss.hybridize(static_alloc=True, static_shape=True)
+
+    def __call__(self, net, xs, ys) -> list:
+        teacher_logits = [self.teacher(x) for x in xs]
+        with autograd.record():
+            outs = [net(x) for x in xs]
+            return [self.loss(o, y, t) for o, y, t in zip(outs, ys, teacher_logits)]
