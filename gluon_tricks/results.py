@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, first_line
 
 
 def default_runs_root() -> Path:
@@ -214,7 +214,7 @@ class RunDir:
         except Exception as e:  # MXNet reports a failed write as MXNetError
             shutil.rmtree(tmp, ignore_errors=True)
             if "No space" in str(e) or "write" in str(e).lower():
-                raise UserError(f"could not write checkpoint {final} ({str(e).splitlines()[0][:120]}); "
+                raise UserError(f"could not write checkpoint {final} ({first_line(e, 120)}); "
                                 "free space or choose another --runs directory "
                                 "(the previous checkpoint is intact)") from None
             raise

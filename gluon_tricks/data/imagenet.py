@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, first_line, mxnet_home
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -148,9 +148,8 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
 
 
 def _record_error(rec: Path, e: Exception) -> UserError:
-    first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else e.__class__.__name__
     prefix = str(rec)[: -len(".rec")]
-    return UserError(f"{rec}: a record could not be decoded ({first}); list and skip the bad records with "
+    return UserError(f"{rec}: a record could not be decoded ({first_line(e, 160)}); list and skip the bad records with "
                      f"`gluon-tricks check-records {prefix} --repair {prefix}-clean`")
 
 
@@ -416,7 +415,7 @@ class FolderTestStream:
 
 def make_imagenet_streams(recipe, rank: int, workers: int):
     spec = recipe.data
-    root = Path(spec.root) if spec.root else Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
+    root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
         classes = recipe.model.classes or read_classes(root)
         if not classes:

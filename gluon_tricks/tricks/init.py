@@ -14,16 +14,7 @@ def residual_blocks(net) -> list:
     """Every residual block: in GluonCV's zoo (CIFAR ResNet/ResNeXt, ResNet v1, v1b-d)
     these are exactly the blocks with a `downsample` attribute (None when the
     shortcut is the identity)."""
-    found = []
-
-    def walk(block):
-        for child in block._children.values():
-            if hasattr(child, "downsample"):
-                found.append(child)
-            walk(child)
-
-    walk(net)
-    return found
+    return [b for b in descendants(net) if hasattr(b, "downsample")]
 
 
 def last_batchnorm(block):
