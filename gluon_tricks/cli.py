@@ -61,6 +61,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_recipes(args) -> int:
+    if args.show:
+        from gluon_tricks.recipe import content_hash, load_recipe, to_toml
+
+        recipe = load_recipe(resolve_recipe_path(args.show), _overrides(args))
+        print(f"# {recipe.name}: content hash {content_hash(recipe)} (every `extends` and --set resolved)")
+        print(to_toml(recipe), end="")
+        return 0
     root = recipes_root()
     for p in sorted(root.rglob("*.toml")):
         if p.name != "table.toml":
@@ -216,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out")
     ex.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r = sub.add_parser("recipes", help="list the shipped recipes (--show NAME: one, resolved, with its hash)")
+    r.add_argument("--show", metavar="NAME", help="print this recipe resolved (extends, --set) and its content hash")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the shown recipe")
     r.set_defaults(func=cmd_recipes)
 
     ts = sub.add_parser("tables", help="list the tables and how many rows have results")

@@ -18,8 +18,6 @@ must know before each update whether the gradients overflowed.
 """
 from __future__ import annotations
 
-import os
-import platform
 import signal
 import sys
 import time
@@ -32,18 +30,17 @@ from mxnet import autograd, gluon
 
 from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
-from gluon_tricks.data.loader import MIX_STREAM, step_rng
+from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
-from gluon_tricks.results import RunDir
-from gluon_tricks.tricks.losses import DistillStep, StudentLoss
+from gluon_tricks.results import RunDir, provenance
+from gluon_tricks.tricks.distill import DistillStep
+from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
+from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, grads_finite
-from gluon_tricks.tricks.schedules import PaperLR, lr_at, schedule_args
+from gluon_tricks.tricks.schedules import lr_at, schedule_args
 from gluon_tricks.tricks.smoothing import smooth_targets
-
-MOMENTUM_OPTIMIZERS = {"nag", "sgd"}
-
 
 def parse_ctx(text: str) -> list[mx.Context]:
     """`cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist."""
@@ -65,36 +62,6 @@ def parse_ctx(text: str) -> list[mx.Context]:
             raise UserError(f"--ctx {text!r}: this machine has {available} GPU(s) visible to MXNet "
                             "(a CPU-only mxnet wheel sees none); use --ctx cpu or install mxnet-cu112 (docs/gpu.md)")
     return out
-
-
-def make_optimizer(recipe, iters_per_epoch: int) -> tuple[str, dict]:
-    o = recipe.optim
-    params = {
-        "learning_rate": schedule_args(recipe)["base_lr"],
-        "wd": o.wd,
-        "lr_scheduler": PaperLR(iters_per_epoch, **schedule_args(recipe)),
-        "multi_precision": recipe.model.dtype == "float16",
-    }
-    if o.name in MOMENTUM_OPTIMIZERS:
-        params["momentum"] = o.momentum
-    return o.name, params
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("mxnet", "mxnet-cu112", "gluoncv", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def hardware(contexts) -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
-            "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
 
 
 @dataclass
@@ -264,7 +231,7 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     rows = job.run.read_metrics() if job.dist.is_chief else []
     result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
                         job.train_images, len(job.test_stream))
-    result.update(versions=versions(), hardware=hardware(job.contexts))
+    result.update(provenance(job.contexts))
     if job.dist.is_chief:
         job.run.write_result(result)
     if params_out is not None:
@@ -416,7 +383,7 @@ def _train_step(job: Job, trainer, x, labels, epoch: int, step: int) -> list:
     images = gluon.utils.split_and_load(x, contexts)
     targets = gluon.utils.split_and_load(targets, contexts)
     plan = job.mixer.plan(images[0].shape[0], x.shape[2], x.shape[3], epoch,
-                          step_rng(recipe.seed, epoch, step, MIX_STREAM)) if job.mix else None
+                          step_rng(recipe.seed, epoch, step, RNG_MIX)) if job.mix else None
     if plan is not None:
         mixed = [job.mix(xd, yd, mx.nd.array(plan.index, ctx=xd.context), mx.nd.array(plan.masks, ctx=xd.context),
                          mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(images, targets)]

@@ -12,7 +12,8 @@ import pytest
 from mxnet import autograd, gluon
 
 from gluon_tricks.data.loader import TrainStream, epoch_order
-from gluon_tricks.engine import make_optimizer, train
+from gluon_tricks.engine import train
+from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.launch import plan, read_hostfile, training_command
 from gluon_tricks.recipe import recipe_from_dict, to_toml
 

@@ -284,7 +284,7 @@ class RecordTestStream:
             seen += n
 
 
-class _Checked:
+class NamedDecodeErrors:
     """An image-folder dataset whose unreadable files are named in a one-line error."""
 
     def __init__(self, dataset):
@@ -359,7 +359,7 @@ class FolderTrainStream:
         if self.steps < 1:
             raise UserError(f"{root / 'train'} holds fewer images than one batch of {self.batch_size}")
         # Threads, not processes: a decode error then surfaces as our one-line UserError.
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, True)),
+        self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, True)),
                                                batch_size=self.batch_size, shuffle=True, last_batch="discard",
                                                num_workers=os.cpu_count() or 1, thread_pool=True)
         self.seed = recipe.seed
@@ -396,7 +396,7 @@ class FolderTestStream:
         spec = recipe.data
         ds = _folder(root, "val")
         self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, False)),
+        self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, False)),
                                                batch_size=spec.batch_size, shuffle=False, last_batch="keep",
                                                num_workers=os.cpu_count() or 1, thread_pool=True)
 

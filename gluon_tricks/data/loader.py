@@ -12,11 +12,11 @@ import threading
 
 import numpy as np
 
-DATA_STREAM, MIX_STREAM = 1, 2
+RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
 
 
-def step_rng(seed: int, epoch: int, step: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, step, stream])
+def step_rng(seed: int, epoch: int, step: int, rng_id: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, step, rng_id])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -52,7 +52,7 @@ class TrainStream:
 
     def batch(self, epoch: int, step: int, order: np.ndarray):
         idx = self.indices(order, step)
-        rng = step_rng(self.seed, epoch, step, DATA_STREAM)
+        rng = step_rng(self.seed, epoch, step, RNG_AUGMENT)
         draws = None
         if getattr(self.augment, "train", False):
             full = self.augment.draw(self.global_batch, rng)
