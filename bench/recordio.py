@@ -41,7 +41,8 @@ def rate(batches, n_images) -> float:
 
 
 def main():
-    from gluon_tricks.data.imagenet import RecordTrainStream, folder_transforms, prepare
+    from gluon_tricks.data.folders import folder_transforms
+    from gluon_tricks.data.recordio import RecordTrainStream, prepare
     from gluon_tricks.recipe import recipe_from_dict
 
     root = tmpdir()
