@@ -6,7 +6,8 @@ from mxnet import autograd
 
 from gluon_tricks.recipe import MixupSpec, recipe_from_dict
 from gluon_tricks.tricks import mixing
-from gluon_tricks.tricks.losses import DistillationLoss, SoftCrossEntropy, distillation_numpy
+from gluon_tricks.tricks.distill import DistillationLoss, distillation_numpy
+from gluon_tricks.tricks.losses import SoftCrossEntropy
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, grads_finite
 from gluon_tricks.tricks.smoothing import smooth_targets
 from gluon_tricks.errors import UserError
