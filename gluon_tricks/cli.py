@@ -1,7 +1,7 @@
 """gluon-tricks: train the recipes of Bag of Tricks and its follow-up; print their tables.
 
 Commands: train, prepare, launch, check-records, export, recipes, tables, table,
-plot, schedule (`gluon-tricks COMMAND --help` for each).
+plot, schedule, doctor (`gluon-tricks COMMAND --help` for each).
 
 User errors end as one line on stderr and exit status 2; Ctrl-C saves a
 checkpoint and exits 130. MXNet is imported only by the commands that train.
