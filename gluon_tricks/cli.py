@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         runs_flag(sp)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe field, e.g. --set optim.lr=0.2 (repeatable)")
-        sp.add_argument("--ctx", help="devices: cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7 | gpu:0-7")
+        sp.add_argument("--ctx", help="devices: auto (default: every GPU, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0-7")
         sp.add_argument("--kvstore", help="device | local | nccl | dist_sync | dist_device_sync")
         sp.add_argument("--dtype", choices=["float32", "float16"])
         sp.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")

@@ -116,7 +116,8 @@ class DistillSpec:
 @dataclass
 class SystemSpec:
     """How and where to run: never part of a result's identity (see `content_hash`)."""
-    ctx: str = "cpu"  # cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
+    ctx: str = "auto"  # auto (every GPU MXNet sees, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
+    device_batch: int = 0  # most images one device holds per pass; more are accumulated (0: no cap)
     kvstore: str = "device"  # device | local | nccl | dist_sync | dist_device_sync
     log_interval: int = 50  # progress refresh, in steps
     keep_checkpoints: int = 2
@@ -251,6 +252,8 @@ def _check_semantics(r: Recipe, source: str) -> None:
                 raise ValueError
         except ValueError:
             problems.append("optim.loss_scale must be none, dynamic or a positive number such as \"128\"")
+    if r.system.device_batch < 0:
+        problems.append("system.device_batch must be >= 0 (0: no cap)")
     if r.optim.lr < 0 or r.optim.wd < 0:
         problems.append("optim.lr and optim.wd must be >= 0")
     if problems:
