@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -107,7 +108,10 @@ class MixupSpec:
 
 @dataclass
 class DistillSpec:
-    teacher: str = ""  # "" = off; a zoo name (pretrained weights) or a path to a .params file
+    # "" = off; a zoo name (its default pretrained weights), a zoo name with a weights tag,
+    # "<zoo name>:<first 8 hex digits of the weights' sha1>" (GluonCV's `pretrained='<tag>'`,
+    # e.g. "resnet152_v1d:cfe0220d"), or a path to a .params file
+    teacher: str = ""
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
     temperature: float = 20.0
     soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
@@ -157,6 +161,7 @@ CHOICES = {
     "mixup.label_weight": {"lambda", "area"},
     "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
 }
+ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
 MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
 # Sections that say how to run, not what to compute.
 NOT_IDENTITY = {"name", "description", "system"}
@@ -233,6 +238,11 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
+    teacher = r.distill.teacher
+    if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
+            and not ZOO_TAG.fullmatch(teacher):
+        problems.append(f"distill.teacher = {teacher!r}: a zoo teacher with a weights tag is written "
+                        "<zoo name>:<8 hex digits>, e.g. resnet152_v1d:cfe0220d")
     bad_choices = set(r.mixup.choices) - MIX_KINDS
     if bad_choices or not r.mixup.choices:
         problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")

@@ -320,3 +320,41 @@ def test_a_row_switches_mixup_off_for_the_last_20_epochs_with_a_20_epoch_warmup(
     # the follow-up / GluonCV rule: lam = 1 when epoch >= epochs - mixup_off_epochs
     assert [mixer.active(e) for e in range(r.epochs)] == [e < r.epochs - 20 for e in range(r.epochs)]
     assert r.schedule.warmup_epochs == 20
+
+
+# --- F8: the "distill w/o mixup" teacher is GluonCV's non-mixup ResNet-152-D --------------
+
+def test_bot_teachers_are_the_zoo_tags_the_paper_describes():
+    from gluoncv.model_zoo.model_store import short_hash
+
+    t6 = load_table(ROOT, "bot/table6")
+    teachers = {row.label: row_recipes(row, 1, 1.0)[0].distill.teacher for row in t6.rows if "+ distill" in row.label}
+    assert len(teachers) == 6
+    # GluonCV's ResNet.csv: tag cfe0220d is ResNet-152-D with cosine + label smoothing (80.26 / 95.00);
+    # its default weights (resnet152_v1d-mixup.sh, 80.61 / 95.34) are the mixup teacher
+    default_tag = short_hash("resnet152_v1d")
+    assert default_tag == "cddbc86f"
+    for label, teacher in teachers.items():
+        expected = f"resnet152_v1d:{default_tag}" if "w/ mixup" in label else "resnet152_v1d:cfe0220d"
+        assert teacher == expected, label
+
+
+def test_a_teacher_tag_must_be_eight_hex_digits(tmp_path):
+    from gluon_tricks.errors import UserError
+
+    assert recipe("bot/table6/distill.toml", ['distill.teacher="mobilenet1.0:0123abcd"']).distill.teacher
+    for bad in ("resnet152_v1d:cfe022", "resnet152_v1d:CFE0220D", "resnet152_v1d:", ":cfe0220d"):
+        with pytest.raises(UserError, match=r"<zoo name>:<8 hex digits>"):
+            recipe("bot/table6/distill.toml", [f'distill.teacher="{bad}"'])
+
+
+# --- F9: Bag of Tricks' exact normalization ----------------------------------------------
+
+def test_bot_rows_normalize_with_the_papers_pixel_constants():
+    # Bag of Tricks Sec. 2 and GluonCV's train_imagenet.py; the iterator multiplies by 255
+    rows = [r for name in table_names(ROOT) if name.startswith("bot/")
+            for row in load_table(ROOT, name).rows for r in row_recipes(row, 1, 1.0)]
+    assert len(rows) >= 30
+    for r in rows:
+        assert [m * 255 for m in r.data.mean] == pytest.approx([123.68, 116.779, 103.939], abs=1e-9), r.name
+        assert [s * 255 for s in r.data.std] == pytest.approx([58.393, 57.12, 57.375], abs=1e-9), r.name
