@@ -81,6 +81,10 @@ class ScheduleSpec:
     # Tricks; GluonCV's ImageNet script subtracts the warm-up for this). "warmup_end": after the
     # warm-up, as GluonCV's LRSequential runs a step LRScheduler that the follow-up's code built.
     decay_from: str = "start"
+    # "iteration": a linear ramp from warmup_start_lr at every step (Bag of Tricks, GluonCV).
+    # "epoch": lr * (i + 1) / warmup_epochs through epoch i, from lr / warmup_epochs (the
+    # Food-101 tutorial's optimizer_step).
+    warmup_every: str = "iteration"
 
 
 @dataclass
@@ -155,6 +159,7 @@ CHOICES = {
     "optim.name": {"nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"},
     "schedule.kind": {"step", "cosine", "poly", "constant"},
     "schedule.decay_from": {"start", "warmup_end"},
+    "schedule.warmup_every": {"iteration", "epoch"},
     "smoothing.form": {"gluoncv", "paper"},
     "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
     "mixup.partner": {"reversed", "random"},
@@ -394,7 +399,9 @@ def unused_settings(recipe: Recipe) -> list[str]:
     if s["kind"] not in ("cosine", "poly"):
         out.append("schedule.final_lr")
     if s["warmup_epochs"] == 0:
-        out.append("schedule.warmup_start_lr")
+        out += ["schedule.warmup_start_lr", "schedule.warmup_every"]
+    elif s["warmup_every"] == "epoch":
+        out.append("schedule.warmup_start_lr")  # the per-epoch form starts at lr / warmup_epochs
     if d["smoothing"]["eps"] == 0:
         out.append("smoothing.form")  # both forms give the one-hot target at eps 0
     kinds = _mix_kinds(m)

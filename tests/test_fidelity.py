@@ -124,7 +124,8 @@ PINNED_DEFAULTS = {
     "optim": {"name": "nag", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "no_bias_decay": False,
               "linear_scaling": False, "lr_reference_batch": 256, "loss_scale": "none", "epsilon": 0.0},
     "schedule": {"kind": "step", "decay_epochs": [30, 60, 90], "decay_factor": 0.1, "power": 2.0,
-                 "warmup_epochs": 0, "warmup_start_lr": 0.0, "final_lr": 0.0, "decay_from": "start"},
+                 "warmup_epochs": 0, "warmup_start_lr": 0.0, "final_lr": 0.0, "decay_from": "start",
+                 "warmup_every": "iteration"},
     "smoothing": {"eps": 0.0, "form": "gluoncv"},
     "mixup": {"kind": "none", "alpha": 0.2, "partner": "reversed", "min_lambda": 0.0,
               "min_lambda_kinds": ["stitch_height", "stitch_width"], "label_weight": "lambda",
@@ -358,3 +359,49 @@ def test_bot_rows_normalize_with_the_papers_pixel_constants():
     for r in rows:
         assert [m * 255 for m in r.data.mean] == pytest.approx([123.68, 116.779, 103.939], abs=1e-9), r.name
         assert [s * 255 for s in r.data.std] == pytest.approx([58.393, 57.12, 57.375], abs=1e-9), r.name
+
+
+# --- F10: Food-101 values the tutorial never gives are marked chosen; its teacher; warm-up --
+
+def test_food101_values_the_tutorial_does_not_give_are_marked_chosen():
+    import tomllib
+
+    unsourced = {("smoothing", "eps"), ("mixup", "alpha"), ("distill", "temperature"), ("distill", "soft_weight"),
+                 ("distill", "teacher_model")}
+    files = sorted((ROOT / "food101").rglob("*.toml")) + [TEACHER / "food101_resnet50_teacher.toml"]
+    checked = 0
+    for p in files:
+        if p.name == "table.toml":
+            continue
+        raw = tomllib.loads(p.read_text())
+        comments = " ".join(line for line in p.read_text().splitlines() if line.lstrip().startswith("#"))
+        for section, key in unsourced:
+            if key in raw.get(section, {}):
+                checked += 1
+                assert "chosen" in comments.lower(), (p.name, section, key)
+    assert checked >= 8
+
+
+def test_food101_warmup_is_the_tutorials_per_epoch_ramp():
+    from gluon_tricks.tricks.schedules import lr_curve
+
+    n = 5
+    r = recipe("food101/table8/warmup.toml")
+    curve = lr_curve(r, n)
+    # the tutorial: lr * (epoch + 1) / 6 while epoch < 6, then 1e-4, 1e-5 from 15, 1e-6 from 30
+    for epoch in range(r.epochs):
+        if epoch < 6:
+            want = 1e-4 * (epoch + 1) / 6
+        else:
+            want = 1e-4 * 0.1 ** ((epoch >= 15) + (epoch >= 30))
+        assert curve[epoch * n:(epoch + 1) * n] == pytest.approx([want] * n, rel=1e-12), epoch
+
+
+def test_food101_teacher_recipe_trains_what_the_distillation_rows_load():
+    t = load_recipe(TEACHER / "food101_resnet50_teacher.toml")
+    student = recipe("food101/table8/distill.toml")
+    assert t.model.name == student.distill.teacher_model and t.model.pretrained
+    # the tutorial: the teacher used label smoothing, cosine annealing and linear warm-up
+    assert (t.schedule.kind, t.schedule.warmup_epochs > 0, t.smoothing.eps > 0) == ("cosine", True, True)
+    assert (t.data.root, t.data.dataset) == (student.data.root, student.data.dataset)
+    assert "food101_resnet50.params" in student.distill.teacher
