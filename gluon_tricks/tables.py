@@ -73,7 +73,7 @@ def read_csv(name: str) -> list[dict]:
 
 
 def _number(text):
-    """A CSV cell: a float, a printed range such as '72.6-75.1' kept as text, or None."""
+    """A CSV cell: a float, a printed range such as "72.63-75.12" kept as text, or None."""
     if text is None or text.strip() == "":
         return None
     try:

@@ -405,3 +405,23 @@ def test_food101_teacher_recipe_trains_what_the_distillation_rows_load():
     assert (t.schedule.kind, t.schedule.warmup_epochs > 0, t.smoothing.eps > 0) == ("cosine", True, True)
     assert (t.data.root, t.data.dataset) == (student.data.root, student.data.dataset)
     assert "food101_resnet50.params" in student.distill.teacher
+
+
+# --- F12.3: every fine-label anchor names the public source it comes from -----------------
+
+def test_every_fine_anchor_names_its_primary_source():
+    import csv
+    import re
+
+    from gluon_tricks.tables import PAPER_NUMBERS
+
+    with open(PAPER_NUMBERS / "followup_fine_anchors.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        source = row["source"]
+        assert re.search(r"\b[\w.-]+/[\w.-]+\b", source), row["row"]  # an owner/repository
+        for text in row["top1"].split("-"):
+            n = float(text)
+            # the zoo prints either the accuracy or the error rate
+            assert f"{n:.2f}" in source or f"{100 - n:.2f}%" in source, (row["row"], n)
