@@ -81,7 +81,7 @@ def test_output_dir_with_a_different_run(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    one_line_error(capsys, ["train", recipe_file(tmp_path), "--out", out], "already holds a different run")
+    one_line_error(capsys, ["train", recipe_file(tmp_path), "--out", out], "not a gluon-tricks run")
     one_line_error(capsys, ["train", recipe_file(tmp_path), "--out", out, "--overwrite"], "not a gluon-tricks run")
     assert (out / "notes.txt").read_text() == "mine"  # --overwrite never deletes what is not a run
 
