@@ -114,6 +114,9 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         if not spec.teacher_model:
             raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
                             "architecture, e.g. cifar_resnext29_16x64d")
+        with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
+            if f.read(8) != (0x112).to_bytes(8, "little"):
+                raise UserError(f"teacher {path} is not an MXNet .params file; export one with gluon-tricks export")
         net = _get(spec.teacher_model, classes=classes)
         try:
             net.load_parameters(str(path), ctx=ctx)

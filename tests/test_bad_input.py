@@ -173,3 +173,11 @@ def test_prepare_output_under_a_file_is_one_line(tmp_path, capsys):
     cv2.imwrite(str(src / "0.png"), np.zeros((8, 8, 3), np.uint8))
     (tmp_path / "afile").write_text("")
     one_line_error(capsys, ["prepare", tmp_path / "img", tmp_path / "afile" / "train", "--workers", "1"], "afile")
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 20, b""])
+def test_a_teacher_file_that_is_not_params_says_so(tmp_path, capsys, content):
+    (tmp_path / "bad.params").write_bytes(content)
+    p = recipe_file(tmp_path, distill={"teacher": str(tmp_path / "bad.params"), "teacher_model": "cifar_resnet20_v1"})
+    err = one_line_error(capsys, ["train", p, "--out", tmp_path / "run"], "bad.params", "not an MXNet .params file")
+    assert "Traceback" not in err
