@@ -49,13 +49,14 @@ def main():
     prepare(root / "train", root / "rec" / "train", workers=cores(), progress=False)
     r = recipe_from_dict({"data": {"dataset": "recordio", "root": str(root / "rec"), "augment": "bot",
                                    "image_size": 224, "batch_size": BATCH}, "model": {"name": "resnet50_v1"}})
-    ours = RecordTrainStream(r, root / "rec", 4, 0, 1)
-    ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
-
     import mxnet as mx
 
+    # The reference's worker processes are forked here, before ImageRecordIter and MXNet's
+    # OpenMP threads start: forking after them can segfault (see train_step.py).
     ds = mx.gluon.data.vision.ImageFolderDataset(str(root / "train")).transform_first(folder_transforms(r.data, True))
     loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard", num_workers=cores())
+    ours = RecordTrainStream(r, root / "rec", 4, 0, 1)
+    ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
     ref_rate = rate(lambda: (x for x, _ in loader), IMAGES)
     n = cores()
     rows = [{"benchmark": f"RecordIO 224-px decode+augment ({n} cores, img/s)", "ours": ours_rate,
