@@ -96,13 +96,13 @@ def reference_cifar_transform(color: bool = True):
     return transforms.Compose(steps)
 
 
-def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True):
+def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True, threads: bool = False):
     import mxnet as mx
 
     dataset = mx.gluon.data.ArrayDataset(mx.nd.array(images, dtype="uint8"), labels.astype("float32"))
     return mx.gluon.data.DataLoader(dataset.transform_first(reference_cifar_transform(color)),
                                     batch_size=batch_size, shuffle=True, last_batch="discard",
-                                    num_workers=workers)
+                                    num_workers=workers, thread_pool=threads)
 
 
 def mini_cifar():
