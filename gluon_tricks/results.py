@@ -100,6 +100,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def params_finite(path: Path) -> bool:
+    """Every array of an MXNet .params file is finite (one pass over the file's arrays)."""
+    import mxnet as mx
+    import numpy as np
+
+    try:
+        arrays = mx.nd.load(str(path))
+    except mx.MXNetError:
+        return False
+    values = arrays.values() if isinstance(arrays, dict) else arrays
+    return all(np.isfinite(a.asnumpy()).all() for a in values)
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -321,6 +334,8 @@ class RunDir:
                 raise UserError(f"checkpoint {path}/{name} is truncated or corrupt (checksum mismatch)")
         if set(state.get("sha256", {})) != {"net.params", "trainer.states"}:
             raise UserError(f"checkpoint {path} is incomplete")
+        if not params_finite(path / "net.params"):  # e.g. written before the save-time guard existed
+            raise UserError(f"checkpoint {path} holds weights that are not finite (NaN/Inf)")
         return Checkpoint(path, state)
 
     def latest_checkpoint(self, quiet: bool = False) -> Checkpoint | None:
