@@ -41,7 +41,8 @@ def rate(batches, n_images) -> float:
 
 
 def main():
-    from gluon_tricks.data.imagenet import RecordTrainStream, folder_transforms, prepare
+    from gluon_tricks.data.folders import folder_transforms
+    from gluon_tricks.data.recordio import RecordTrainStream, prepare
     from gluon_tricks.recipe import recipe_from_dict
 
     root = tmpdir()
@@ -55,7 +56,7 @@ def main():
     # OpenMP threads start: forking after them can segfault (see train_step.py).
     ds = mx.gluon.data.vision.ImageFolderDataset(str(root / "train")).transform_first(folder_transforms(r.data, True))
     loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard", num_workers=cores())
-    ours = RecordTrainStream(r, root / "rec", 4, 0, 1)
+    ours = RecordTrainStream(r, root / "rec", 0, 1)
     ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
     ref_note = ""
     try:

@@ -1,5 +1,5 @@
 """Random recipes and command lines end in a clean error, never a crash or a hang."""
-import tomllib
+from gluon_tricks._compat import tomllib
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
