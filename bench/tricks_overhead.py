@@ -95,7 +95,8 @@ def distillation_extra(path: str, iterations: int = 9) -> tuple[float, float, fl
 
     from gluon_tricks.models import build_model, load_teacher
     from gluon_tricks.recipe import DistillSpec
-    from gluon_tricks.tricks.losses import DistillationLoss, SoftCrossEntropy
+    from gluon_tricks.tricks.distill import DistillationLoss
+    from gluon_tricks.tricks.losses import SoftCrossEntropy
     from train_step import recipe_for
 
     teacher = load_teacher(DistillSpec(teacher=path, teacher_model=TEACHER), 10, [mx.cpu()])

@@ -104,6 +104,11 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # The main thread soon waits inside MXNet (waitall, asnumpy) for every queued step,
+        # where no Python handler can run: the default action makes a second signal end the
+        # process at once (a kill mid-save leaves the previous checkpoint, see results.py).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
@@ -319,10 +324,26 @@ def _save(job: Job, trainer, position: Position):
         else:
             trainer.save_states(path)
 
+    if not weights_finite(job.net, job.contexts[0]):
+        # The loss guard sees a step's loss, computed before its update: the update of the
+        # last step before a save can still leave NaN/Inf weights. Never write those.
+        last = job.run.latest_checkpoint(quiet=True)
+        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+        at = (f"after epoch {position.epoch}" if position.step == 0
+              else f"at epoch {position.epoch + 1}, step {position.step}")
+        raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
+                              "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
              "partial_epoch": position.partial}
     return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
                                    keep=job.recipe.system.keep_checkpoints)
+
+
+def weights_finite(net, ctx) -> bool:
+    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
+    the device, one host read."""
+    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
+    return bool(host_read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
 
 
 def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
