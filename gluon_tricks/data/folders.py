@@ -15,7 +15,7 @@ import numpy as np
 
 from gluon_tricks.data.loader import epoch_order
 from gluon_tricks.data.streams import trimmed_batches, val_resize
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, shown
 
 
 class EpochSampler:
@@ -48,7 +48,7 @@ class NamedDecodeErrors:
             return self.dataset[i]
         except Exception as e:  # OpenCV/MXNet decode errors have no common type
             path = self.dataset.items[i][0] if hasattr(self.dataset, "items") else f"item {i}"
-            raise UserError(f"unreadable image {path} ({e.__class__.__name__}); delete or replace it, "
+            raise UserError(f"unreadable image {shown(path)} ({e.__class__.__name__}); delete or replace it, "
                             "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
 
 
@@ -139,12 +139,40 @@ class _TransformFirst:
         return self.fn(x), y
 
 
+class _Relabelled:
+    """A val dataset whose labels are train's indices of the same class names (Gluon numbers
+    each folder's classes on its own, so a val/ lacking a class would shift the rest)."""
+
+    def __init__(self, dataset, to_train: list[int]):
+        self.dataset, self.to_train = dataset, to_train
+        self.items = getattr(dataset, "items", None)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return x, self.to_train[int(y)]
+
+
+def by_train_names(val_classes: list[str], train_classes: list[str], where: str) -> list[int]:
+    """For each val class, its index in train's class list; a UserError names classes train lacks."""
+    extra = [c for c in val_classes if c not in train_classes]
+    if extra:
+        raise UserError(f"{shown(where)} has classes that train does not: {', '.join(map(repr, extra))[:300]}; "
+                        "val and train need the same class folders (val may lack some)")
+    return [train_classes.index(c) for c in val_classes]
+
+
 class FolderTestStream:
     def __init__(self, recipe, root: Path):
         import mxnet as mx
 
         spec = recipe.data
         ds = _folder(root, "val")
+        train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) \
+            if (root / "train").is_dir() else list(ds.synsets)
+        ds = _Relabelled(ds, by_train_names(list(ds.synsets), train_classes, str(root / "val")))
         self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
         self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, False)),
                                                batch_size=spec.batch_size, shuffle=False, last_batch="keep",
