@@ -138,6 +138,7 @@ def cmd_plot(args) -> int:
 
 def cmd_prepare(args) -> int:
     from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.errors import shown
 
     info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
                    workers=args.workers, progress=not args.quiet)
@@ -146,7 +147,7 @@ def cmd_prepare(args) -> int:
         print(f"skipped {len(info['skipped'])} unreadable image(s), listed in {args.out_prefix}.skipped.txt:",
               file=sys.stderr)
         for rel in info["skipped"][:20]:
-            print(f"  {rel}", file=sys.stderr)
+            print(f"  {shown(rel)}", file=sys.stderr)
     return 0
 
 

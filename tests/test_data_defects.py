@@ -164,3 +164,17 @@ def test_model_classes_below_the_labels_is_one_line(tmp_path, capsys):
                           "model": {"name": "cifar_resnet20_v1", "classes": 3}})
     with pytest.raises(UserError, match="model.classes"):
         make_streams(r)
+
+
+def test_image_folder_workers_get_equal_steps_and_disjoint_strided_slices(tmp_path):
+    from gluon_tricks.data.folders import FolderTrainStream
+
+    tree(tmp_path / "train", "abc", per_class=7)  # 21 images: contiguous shards would be 11 + 10
+    r = recipe(tmp_path, "imagefolder", batch_size=4)
+    streams = [FolderTrainStream(r, tmp_path, rank, 2) for rank in range(2)]
+    assert [s.steps_per_epoch() for s in streams] == [5, 5]  # 21 // 4 global batches each
+    slices = [list(s.sampler) for s in streams]
+    assert [len(x) for x in slices] == [10, 10] and not set(slices[0]) & set(slices[1])
+    one = list(FolderTrainStream(r, tmp_path, 0, 1).sampler)
+    for k in range(5):  # worker w's k-th batch is the w-th half of one process's k-th batch
+        assert one[4 * k:4 * k + 4] == slices[0][2 * k:2 * k + 2] + slices[1][2 * k:2 * k + 2]

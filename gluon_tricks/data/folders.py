@@ -19,19 +19,31 @@ from gluon_tricks.errors import UserError, shown
 
 
 class EpochSampler:
-    """Gluon sampler: the indices 0..n-1 in the order of the current epoch (`set_epoch`)."""
+    """Gluon sampler: this worker's indices of the current epoch (`set_epoch`).
 
-    def __init__(self, n: int, seed: int):
+    Every worker walks the same epoch order (`epoch_order` of the whole folder) in global
+    batches of `global_batch` and takes its slice of each, as the CIFAR stream does: so
+    every worker has the same number of steps (a synchronous job never waits on a worker
+    that has run out), and N workers see what one process with N devices sees."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, workers: int = 1, global_batch: int | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.rank, self.workers = rank, workers
+        self.global_batch = global_batch or n
+        self.steps = n // self.global_batch
+        self.per_worker = self.global_batch // workers
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(epoch_order(self.n, self.seed, self.epoch).tolist())
+        order = epoch_order(self.n, self.seed, self.epoch)
+        for k in range(self.steps):
+            start = k * self.global_batch + self.rank * self.per_worker
+            yield from order[start:start + self.per_worker].tolist()
 
     def __len__(self) -> int:
-        return self.n
+        return self.steps * self.per_worker
 
 
 class NamedDecodeErrors:
@@ -101,15 +113,13 @@ class FolderTrainStream:
         spec = recipe.data
         ds = _folder(root, "train")
         self.classes = len(ds.synsets)
-        if workers > 1:
-            ds = ds.shard(workers, rank)
         self.batch_size = spec.batch_size // workers
         n = len(ds) if not spec.train_limit else min(len(ds), spec.train_limit)
-        self.steps = n // self.batch_size
+        self.steps = n // spec.batch_size
         if self.steps < 1:
-            raise UserError(f"{root / 'train'} holds fewer images than one batch of {self.batch_size}")
+            raise UserError(f"{root / 'train'} holds fewer images than one batch of {spec.batch_size}")
         # Threads, not processes: a decode error then surfaces as our one-line UserError.
-        self.sampler = EpochSampler(len(ds), recipe.seed)
+        self.sampler = EpochSampler(n, recipe.seed, rank, workers, spec.batch_size)
         self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, True)),
                                                batch_size=self.batch_size, sampler=self.sampler, last_batch="discard",
                                                num_workers=os.cpu_count() or 1, thread_pool=True)
