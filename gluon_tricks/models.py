@@ -8,6 +8,7 @@ downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -88,8 +89,8 @@ def build_model(recipe, classes: int, ctx):
             getattr(net, attr).initialize(mx_init.Xavier(), ctx=ctx)
     else:
         net = _get(m.name, classes=classes, **kwargs)
-        if own_zero_gamma:
-            zero_gamma(net)
+        if own_zero_gamma and not zero_gamma(net):  # the definition needs a residual shortcut
+            print(f"note: model.zero_gamma does nothing for {m.name}: it has no residual blocks", file=sys.stderr)
         initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
         net.initialize(initializer, ctx=ctx)
     if recipe.optim.no_bias_decay:
