@@ -178,3 +178,27 @@ def test_image_folder_workers_get_equal_steps_and_disjoint_strided_slices(tmp_pa
     one = list(FolderTrainStream(r, tmp_path, 0, 1).sampler)
     for k in range(5):  # worker w's k-th batch is the w-th half of one process's k-th batch
         assert one[4 * k:4 * k + 4] == slices[0][2 * k:2 * k + 2] + slices[1][2 * k:2 * k + 2]
+
+
+def test_image_folder_augmentation_is_repeatable_and_resumes_exactly(tmp_path):
+    from gluon_tricks.data.folders import FolderTrainStream
+
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        d = tmp_path / "train" / c
+        d.mkdir(parents=True)
+        for i in range(6):
+            cv2.imwrite(str(d / f"{i}.png"), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    r = recipe_from_dict({"seed": 5, "data": {"dataset": "imagefolder", "root": str(tmp_path), "augment": "bot",
+                                              "image_size": 16, "batch_size": 4}})
+
+    def batches(start=0, epoch=1):
+        return [(s, x.asnumpy()) for s, x, _ in FolderTrainStream(r, tmp_path, 0, 1).epoch(epoch, start)]
+
+    first, again, resumed = batches(), batches(), batches(start=2)
+    assert len(first) == 3
+    for (s1, a), (s2, b) in zip(first, again):
+        assert s1 == s2 and np.array_equal(a, b)  # a second process would draw the same augmentation
+    for (s1, a), (s2, b) in zip(first[2:], resumed):
+        assert s1 == s2 and np.array_equal(a, b)  # resuming at step 2 sees what the full epoch saw
+    assert not np.array_equal(first[0][1], batches(epoch=2)[0][1])  # another epoch, other draws

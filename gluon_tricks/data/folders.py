@@ -3,12 +3,15 @@
 with the Bag of Tricks augmentation as Gluon transforms (small datasets, Food-101 subsets).
 
 The training order of an epoch is `loader.epoch_order(n, seed, epoch)` (EpochSampler),
-a pure function of (seed, epoch) as for CIFAR; the transforms draw from MXNet's and
-Python's RNGs, so a resumed run matches an uninterrupted one only statistically.
+a pure function of (seed, epoch) as for CIFAR, and each image's augmentation draws are
+a function of (seed, epoch, image), so runs repeat and a resumed epoch sees exactly the
+batches an uninterrupted one sees.
 """
 from __future__ import annotations
 
 import os
+import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +123,8 @@ class FolderTrainStream:
             raise UserError(f"{root / 'train'} holds fewer images than one batch of {spec.batch_size}")
         # Threads, not processes: a decode error then surfaces as our one-line UserError.
         self.sampler = EpochSampler(n, recipe.seed, rank, workers, spec.batch_size)
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, True)),
+        self.loader = mx.gluon.data.DataLoader(_SeededTransform(NamedDecodeErrors(ds), folder_transforms(spec, True),
+                                                                recipe.seed, self.sampler),
                                                batch_size=self.batch_size, sampler=self.sampler, last_batch="discard",
                                                num_workers=os.cpu_count() or 1, thread_pool=True)
 
@@ -147,6 +151,33 @@ class _TransformFirst:
     def __getitem__(self, i):
         x, y = self.dataset[i]
         return self.fn(x), y
+
+
+_SEEDED = threading.Lock()
+
+
+class _SeededTransform(_TransformFirst):
+    """Training transforms whose random draws are a function of (seed, epoch, image):
+    Gluon's transforms draw from Python's `random` and MXNet's global generator, which
+    the loader's threads share, so each image re-seeds both under a lock and waits for its
+    result before releasing it. Decoding (the costly part) stays parallel; the draws of
+    an epoch, and of a resumed epoch, are then the same in every process."""
+
+    def __init__(self, dataset, fn, seed: int, sampler: "EpochSampler"):
+        super().__init__(dataset, fn)
+        self.seed, self.sampler = seed, sampler
+
+    def __getitem__(self, i):
+        import mxnet as mx
+
+        x, y = self.dataset[i]
+        draw = np.random.default_rng([self.seed, self.sampler.epoch, i]).integers(0, 2 ** 31, 2)
+        with _SEEDED:
+            random.seed(int(draw[0]))
+            mx.random.seed(int(draw[1]))
+            out = self.fn(x)
+            out.wait_to_read()
+        return out, y
 
 
 class _Relabelled:
