@@ -220,29 +220,32 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     process. `params_out` also writes this worker's final parameters to
     params_out/worker<rank>.params (every worker of a distributed job, not only rank 0)."""
     job = _setup(recipe, run_dir, resume, overwrite, progress)
-    position, trainer = _restore(job, resume)
-    if job.dist.is_chief:
-        job.run.truncate_metrics(position.epoch)
-    with StopFlag(max_steps) as stop:
-        for epoch in range(position.epoch, recipe.epochs):
-            row = _train_epoch(job, trainer, position, epoch, stop)
-            if row["top1"] > position.best["top1"]:
-                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-            position.epoch, position.step, position.partial = epoch + 1, 0, {}
-            if job.dist.is_chief:
-                job.run.append_metrics(row)
-                _save(job, trainer, position)
-            job.progress.end(row)
-    rows = job.run.read_metrics() if job.dist.is_chief else []
-    result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
-                        job.train_images, len(job.test_stream))
-    result.update(provenance(job.contexts))
-    if job.dist.is_chief:
-        job.run.write_result(result)
-    if params_out is not None:
-        Path(params_out).mkdir(parents=True, exist_ok=True)
-        job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
-    return result
+    try:
+        position, trainer = _restore(job, resume)
+        if job.dist.is_chief:
+            job.run.truncate_metrics(position.epoch)
+        with StopFlag(max_steps) as stop:
+            for epoch in range(position.epoch, recipe.epochs):
+                row = _train_epoch(job, trainer, position, epoch, stop)
+                if row["top1"] > position.best["top1"]:
+                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+                position.epoch, position.step, position.partial = epoch + 1, 0, {}
+                if job.dist.is_chief:
+                    job.run.append_metrics(row)
+                    _save(job, trainer, position)
+                job.progress.end(row)
+        rows = job.run.read_metrics() if job.dist.is_chief else []
+        result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
+                            job.train_images, len(job.test_stream))
+        result.update(provenance(job.contexts))
+        if job.dist.is_chief:
+            job.run.write_result(result)
+        if params_out is not None:
+            Path(params_out).mkdir(parents=True, exist_ok=True)
+            job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
+        return result
+    finally:  # the run directory's lock (results.RunDir.lock) ends with the run
+        job.run.unlock()
 
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:

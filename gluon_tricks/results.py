@@ -16,7 +16,8 @@ is skipped at resume, with a message, in favour of the previous one.
 Only a directory whose run.json carries the marker (or, for runs written before the
 marker, a 16-hex hash, a name and a recipe.toml) is a run: `--overwrite` replaces only
 such a directory, and deletes only the files listed above. A process that trains into a
-directory holds an flock on `<run>/.lock` for its whole life; a second one is refused.
+directory holds an flock on `<run>/.lock` until the run ends (or the process dies); a second
+one is refused.
 """
 from __future__ import annotations
 
@@ -212,7 +213,7 @@ class RunDir:
         return [n for n in names if n != LOCK_FILE and not _LEFTOVER.match(n)]
 
     def lock(self) -> None:
-        """Hold an exclusive flock on <run>/.lock until this process exits (a kill releases it too)."""
+        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too)."""
         key = str(self.path.resolve())
         if key in _HELD_LOCKS:
             return
@@ -228,6 +229,12 @@ class RunDir:
         os.write(fd, f"{os.getpid()}\n".encode())
         _HELD_LOCKS[key] = fd
 
+    def unlock(self) -> None:
+        """Release the lock (at the end of a run, so a library caller does not hold it on)."""
+        fd = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+        if fd is not None:
+            os.close(fd)
+
     def _remove_run_files(self) -> None:
         for name in os.listdir(self.path):
             p = self.path / name
@@ -240,7 +247,11 @@ class RunDir:
         """Create the directory or check that it holds this same recipe's run, and lock it."""
         try:
             self._prepare(recipe_hash, name, recipe_toml, resume, overwrite)
-        except OSError as e:  # read-only filesystem, name too long, a file where a directory should be
+        except BaseException as e:
+            self.unlock()  # refused: the directory is not ours to hold
+            if not isinstance(e, OSError):
+                raise
+            # read-only filesystem, name too long, a file where a directory should be
             raise UserError(f"cannot use {shown(self.path)} as a run directory: {e.strerror or e}; "
                             "choose another --out or --runs") from None
 
