@@ -27,12 +27,15 @@ def recipes_root() -> Path:
 def resolve_recipe_path(text: str) -> Path:
     """A path as given, or a name relative to recipes/ (with or without .toml)."""
     p = Path(text)
-    if p.is_file():
-        return p
-    for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
-        if candidate.is_file():
-            return candidate
-    return p  # load_recipe reports it as missing
+    try:
+        if p.is_file():
+            return p
+        for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
+            if candidate.is_file():
+                return candidate
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+        pass
+    return p  # load_recipe reports it as missing or unreadable
 
 
 def _overrides(args) -> list[str]:
@@ -135,6 +138,7 @@ def cmd_plot(args) -> int:
 
 def cmd_prepare(args) -> int:
     from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.errors import shown
 
     info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
                    workers=args.workers, progress=not args.quiet)
@@ -143,7 +147,7 @@ def cmd_prepare(args) -> int:
         print(f"skipped {len(info['skipped'])} unreadable image(s), listed in {args.out_prefix}.skipped.txt:",
               file=sys.stderr)
         for rel in info["skipped"][:20]:
-            print(f"  {rel}", file=sys.stderr)
+            print(f"  {shown(rel)}", file=sys.stderr)
     return 0
 
 
@@ -173,8 +177,39 @@ def cmd_doctor(args) -> int:
     return run()
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        from gluon_tricks.errors import shown
+
+        self.exit(2, f"{self.prog}: error: {shown(message)}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
+    p = _Parser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def runs_flag(sp):
@@ -244,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("table", help="print a table (with --run: train its missing rows first)")
     tb.add_argument("name", help="e.g. demo, followup/table3, bot/table6")
     tb.add_argument("--run", action="store_true", help="train the rows that have no result yet")
-    tb.add_argument("--seeds", type=int, default=None, help="seeds per row (mean +- std); default: the table's")
-    tb.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every row's epochs by this factor")
+    tb.add_argument("--seeds", type=positive_int, default=None, help="seeds per row (mean +- std); default: the table's")
+    tb.add_argument("--epochs-scale", type=positive_float, default=1.0, help="shorten every row's epochs by this factor")
     tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
     tb.add_argument("--parallel", type=int, nargs="?", const=0, default=None, metavar="N",
                     help="with --run: N rows at once, each on one device of --ctx (no N: one row per device)")
@@ -270,16 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _default_threads()
-    from gluon_tricks.errors import Interrupted, UserError
+    from gluon_tricks.errors import Interrupted, UserError, shown
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Interrupted as e:
-        print(f"gluon-tricks: {e}", file=sys.stderr)
+        print(f"gluon-tricks: {shown(e)}", file=sys.stderr)
         return 130
-    except UserError as e:
-        print(f"gluon-tricks: error: {e}", file=sys.stderr)
+    except UserError as e:  # shown(): a path with a newline or ESC must not split or reach the terminal
+        print(f"gluon-tricks: error: {shown(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # last resort: a filesystem refusal nobody mapped (read-only, name too long...)
+        where = f": {shown(e.filename)[:300]}" if e.filename else ""
+        print(f"gluon-tricks: error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gluon-tricks: aborted", file=sys.stderr)

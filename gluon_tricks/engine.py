@@ -109,6 +109,11 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # The main thread soon waits inside MXNet (waitall, asnumpy) for every queued step,
+        # where no Python handler can run: the default action makes a second signal end the
+        # process at once (a kill mid-save leaves the previous checkpoint, see results.py).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
@@ -230,32 +235,35 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
 
 def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
     job = _setup(recipe, run_dir, resume, overwrite, progress)
-    position, trainer = _restore(job, resume)
-    if job.dist.is_chief:
-        job.run.truncate_metrics(position.epoch)
-    if job.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
-        print(f"devices: {', '.join(map(str, job.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
-              file=sys.stderr, flush=True)
-    with StopFlag(max_steps) as stop:
-        for epoch in range(position.epoch, recipe.epochs):
-            row = _train_epoch(job, trainer, position, epoch, stop)
-            if row["top1"] > position.best["top1"]:
-                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-            position.epoch, position.step, position.partial = epoch + 1, 0, {}
-            if job.dist.is_chief:
-                job.run.append_metrics(row)
-                _save(job, trainer, position)
-            job.progress.end(row)
-    rows = job.run.read_metrics() if job.dist.is_chief else []
-    result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
-                        job.train_images, len(job.test_stream))
-    result.update(provenance(job.contexts))
-    if job.dist.is_chief:
-        job.run.write_result(result)
-    if params_out is not None:
-        Path(params_out).mkdir(parents=True, exist_ok=True)
-        job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
-    return result
+    try:
+        position, trainer = _restore(job, resume)
+        if job.dist.is_chief:
+            job.run.truncate_metrics(position.epoch)
+        if job.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
+            print(f"devices: {', '.join(map(str, job.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
+                  file=sys.stderr, flush=True)
+        with StopFlag(max_steps) as stop:
+            for epoch in range(position.epoch, recipe.epochs):
+                row = _train_epoch(job, trainer, position, epoch, stop)
+                if row["top1"] > position.best["top1"]:
+                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+                position.epoch, position.step, position.partial = epoch + 1, 0, {}
+                if job.dist.is_chief:
+                    job.run.append_metrics(row)
+                    _save(job, trainer, position)
+                job.progress.end(row)
+        rows = job.run.read_metrics() if job.dist.is_chief else []
+        result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
+                            job.train_images, len(job.test_stream))
+        result.update(provenance(job.contexts))
+        if job.dist.is_chief:
+            job.run.write_result(result)
+        if params_out is not None:
+            Path(params_out).mkdir(parents=True, exist_ok=True)
+            job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
+        return result
+    finally:  # the run directory's lock (results.RunDir.lock) ends with the run
+        job.run.unlock()
 
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:
@@ -355,10 +363,26 @@ def _save(job: Job, trainer, position: Position):
         else:
             trainer.save_states(path)
 
+    if not weights_finite(job.net, job.contexts[0]):
+        # The loss guard sees a step's loss, computed before its update: the update of the
+        # last step before a save can still leave NaN/Inf weights. Never write those.
+        last = job.run.latest_checkpoint(quiet=True)
+        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+        at = (f"after epoch {position.epoch}" if position.step == 0
+              else f"at epoch {position.epoch + 1}, step {position.step}")
+        raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
+                              "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
              "partial_epoch": position.partial}
     return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
                                    keep=job.recipe.system.keep_checkpoints)
+
+
+def weights_finite(net, ctx) -> bool:
+    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
+    the device, one host read."""
+    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
+    return bool(host_read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
 
 
 def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:

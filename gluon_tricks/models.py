@@ -10,6 +10,7 @@ network is loaded onto the run's contexts.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -128,8 +129,8 @@ def build_model(recipe, classes: int, ctx):
             getattr(net, attr).initialize(mx_init.Xavier(), ctx=ctx)
     else:
         net = _get(m.name, classes=classes, **kwargs)
-        if own_zero_gamma:
-            zero_gamma(net)
+        if own_zero_gamma and not zero_gamma(net):  # the definition needs a residual shortcut
+            print(f"note: model.zero_gamma does nothing for {m.name}: it has no residual blocks", file=sys.stderr)
         initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
         net.initialize(initializer, ctx=ctx)
     if recipe.optim.no_bias_decay:
@@ -163,6 +164,9 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         if not spec.teacher_model:
             raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
                             "architecture, e.g. cifar_resnext29_16x64d")
+        with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
+            if f.read(8) != (0x112).to_bytes(8, "little"):
+                raise UserError(f"teacher {path} is not an MXNet .params file; export one with gluon-tricks export")
         net = _get(spec.teacher_model, classes=classes)
         try:
             net.load_parameters(str(path), ctx=ctx)
