@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
 MXNET_EXTRA ?= cpu
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean mutate
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Each behaviour mutant of tools/mutate.py against the tests that pin it (~30 min; docs/testing.md).
+mutate: $(STAMP)
+	$(PY) tools/mutate.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

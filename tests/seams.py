@@ -69,8 +69,27 @@ class Recording(gluon.Block):
             self.output = gluon.nn.Dense(classes)
 
     def forward(self, x):
-        self.log.append({"net": self, "x": x.asnumpy().copy(), "training": autograd.is_recording()})
-        return self.output(x)
+        out = self.output(x)
+        self.log.append({"net": self, "x": x.asnumpy().copy(), "out": out.asnumpy().copy(),
+                         "training": autograd.is_recording()})
+        return out
+
+
+def split_spy(monkeypatch):
+    """What the engine hands to the devices, per call of gluon.utils.split_and_load:
+    {"x": [4-d image batches], "y": [2-d target batches]} as numpy arrays."""
+    seen = {"x": [], "y": []}
+    real = mx.gluon.utils.split_and_load
+
+    def split(data, ctx_list, *args, **kwargs):
+        value = data.asnumpy() if hasattr(data, "asnumpy") else data
+        ndim = getattr(value, "ndim", 0)
+        if ndim in (2, 4):
+            seen["y" if ndim == 2 else "x"].append(value.copy())
+        return real(data, ctx_list, *args, **kwargs)
+
+    monkeypatch.setattr(mx.gluon.utils, "split_and_load", split)
+    return seen
 
 
 def linear_zoo(monkeypatch, log=None):

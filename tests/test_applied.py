@@ -7,6 +7,7 @@ an update normalizes by, the loss scale, the targets, the teacher's input and th
 initial gammas. The oracles are MXNet's classes, the papers' formulas typed here,
 and a one-device run of a BatchNorm-free net.
 """
+import json
 import math
 
 import mxnet as mx
@@ -118,15 +119,7 @@ def test_the_recipes_smoothing_form_reaches_the_loss(tmp_path, monkeypatch, form
     """Bag of Tricks eq. 4 (on 1-eps, off eps/(K-1)) or GluonCV's (on 1-eps+eps/K, off eps/K), K = 10:
     the targets the engine hands to the devices."""
     seams.linear_zoo(monkeypatch)
-    targets = []
-    real = mx.gluon.utils.split_and_load
-
-    def split(data, ctx_list, *args, **kwargs):
-        if getattr(data, "ndim", 0) == 2:
-            targets.append(np.asarray(data.asnumpy() if hasattr(data, "asnumpy") else data))
-        return real(data, ctx_list, *args, **kwargs)
-
-    monkeypatch.setattr(mx.gluon.utils, "split_and_load", split)
+    targets = seams.split_spy(monkeypatch)["y"]
     run(tmp_path, seams.tiny(images=32, smoothing={"eps": 0.1, "form": form}))
     assert len(targets) == 2
     for y in targets:
@@ -139,21 +132,9 @@ def test_the_teacher_predicts_on_the_mixed_batch(tmp_path, monkeypatch):
     """Bag of Tricks 5.4: with mixup and distillation together, the teacher's soft labels are
     for the mixed image the student sees."""
     log = seams.linear_zoo(monkeypatch)
-    raw = []
-    real = mx.gluon.utils.split_and_load
-
-    def split(data, ctx_list, *args, **kwargs):
-        if getattr(data, "ndim", 0) == 4:
-            raw.append(np.asarray(data.asnumpy() if hasattr(data, "asnumpy") else data))
-        return real(data, ctx_list, *args, **kwargs)
-
-    teacher = seams.Recording(10, [])
-    teacher.initialize()
-    teacher(mx.nd.zeros((1, 3, 32, 32)))
-    teacher.save_parameters(str(tmp_path / "teacher.params"))
-    monkeypatch.setattr(mx.gluon.utils, "split_and_load", split)
+    raw = seams.split_spy(monkeypatch)["x"]
     run(tmp_path, seams.tiny(images=64, mixup={"kind": "interpolation", "alpha": 1.0},
-                             distill={"teacher": str(tmp_path / "teacher.params"),
+                             distill={"teacher": saved_teacher(tmp_path / "teacher.params"),
                                       "teacher_model": "cifar_resnet20_v1"}))
     student = {id(e["net"]) for e in log if e["training"]}
     assert len(student) == 1
@@ -164,6 +145,39 @@ def test_the_teacher_predicts_on_the_mixed_batch(tmp_path, monkeypatch):
     for s, t in zip(students, teachers):
         np.testing.assert_array_equal(t, s)
     assert any(not np.allclose(s, r, atol=1e-3) for s, r in zip(students, train_raw))
+
+
+def saved_teacher(path):
+    teacher = seams.Recording(10, [])
+    teacher.initialize()
+    teacher(mx.nd.zeros((1, 3, 32, 32)))
+    teacher.save_parameters(str(path))
+    return str(path)
+
+
+def log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def test_distillation_loss_is_the_papers_with_the_recipes_t_and_w(tmp_path, monkeypatch):
+    """Bag of Tricks 5.3 (Hinton et al.): loss = (1-w) CE(y, z) + w T^2 KL(softmax(r/T) || softmax(z/T)),
+    z the student's logits, r the teacher's, with the recipe's T = 4 and w = 0.7. One step of
+    16 images: the epoch's train_loss is that loss's mean over them."""
+    log = seams.linear_zoo(monkeypatch)
+    targets = seams.split_spy(monkeypatch)["y"]
+    t, w = 4.0, 0.7
+    run(tmp_path, seams.tiny(images=16, distill={"teacher": saved_teacher(tmp_path / "teacher.params"),
+                                                 "teacher_model": "cifar_resnet20_v1",
+                                                 "temperature": t, "soft_weight": w}))
+    student = [e for e in log if e["training"]]
+    teacher = [e for e in log if e["net"] is not student[0]["net"] and not e["training"]]
+    (z,), (r,), (y,) = [e["out"] for e in student], [e["out"] for e in teacher], targets[:1]
+    p_teacher = np.exp(log_softmax(r / t))
+    kl = (p_teacher * (log_softmax(r / t) - log_softmax(z / t))).sum(axis=1)
+    expected = (1 - w) * -(y * log_softmax(z)).sum(axis=1) + w * t * t * kl
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train_loss"] == pytest.approx(expected.mean(), rel=1e-4)
 
 
 def test_random_mixing_draws_every_choice():
@@ -205,3 +219,21 @@ def test_zero_gamma_zeroes_the_bn_that_feeds_the_residual_sum(tmp_path, monkeypa
         assert np.all(b.body[1].gamma.data().asnumpy() == 1)
         if b.downsample is not None:
             assert np.all(b.downsample[1].gamma.data().asnumpy() == 1)
+
+
+def test_cifar100_python_files_train_on_their_fine_labels(tmp_path, monkeypatch):
+    """The official CIFAR-100 python format keeps b'fine_labels' (100 classes) beside
+    b'coarse_labels' (20): data.fine_labels = true trains on the fine ones."""
+    from conftest import cifar_records, python_cifar_file
+
+    seams.linear_zoo(monkeypatch)
+    targets = seams.split_spy(monkeypatch)["y"]
+    images, coarse, fine, _ = cifar_records(32, 100, fine=True)
+    for name in ("train", "test"):
+        python_cifar_file(tmp_path / name, images, {"fine_labels": fine, "coarse_labels": coarse})
+    d = seams.tiny(images=32)
+    d["data"] = dict(d["data"], dataset="cifar100", root=str(tmp_path), fine_labels=True)
+    run(tmp_path, d)
+    labels = np.concatenate([y.argmax(axis=1) for y in targets[:2]])
+    assert targets[0].shape == (16, 100)
+    assert sorted(labels) == sorted(fine)  # every training image once, with its fine label
