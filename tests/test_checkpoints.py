@@ -114,3 +114,24 @@ def test_run_files_are_written_by_rename(tmp_path, monkeypatch):
     (ckpt,) = checkpoints(run).values()
     assert os.path.relpath(ckpt, run) in targets  # the checkpoint directory, complete, by one rename
     assert all(os.path.dirname(src) == os.path.dirname(dst) for src, dst in renamed)  # same filesystem
+
+
+def test_a_batch_is_a_function_of_seed_epoch_and_step():
+    """docs/reliability.md: shuffle, augmentation (and mixing) draws depend only on (seed, epoch,
+    step), so a stream started at step 2, in a fresh process state, yields the batches an
+    uninterrupted epoch yields from step 2 on; another epoch or seed yields others."""
+    import numpy as np
+
+    from gluon_tricks.data import make_streams
+
+    def batches(seed, epoch, start=0):
+        d = seams.tiny(images=64, seed=seed)
+        d["data"] = dict(d["data"], augment="followup")
+        stream = make_streams(recipe_from_dict(d))[0]
+        return [np.asarray(b[1]) for b in stream.epoch(epoch, start)]
+
+    whole, resumed = batches(0, 1), batches(0, 1, start=2)
+    assert len(whole) == 4 and len(resumed) == 2
+    for a, b in zip(whole[2:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(whole[0], batches(0, 2)[0]) and not np.allclose(whole[0], batches(1, 1)[0])
