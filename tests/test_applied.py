@@ -85,6 +85,8 @@ def test_each_update_applies_the_schedules_learning_rate(tmp_path, monkeypatch, 
         applied = np.median((rec["weight"] - rec["weight_after"])[big] / g[big])
         assert applied == pytest.approx(expected, rel=1e-3, abs=1e-6), (t, applied, expected)
         assert rec["lr"] == pytest.approx(expected, rel=1e-6)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([spy.steps[3]["lr"], spy.steps[7]["lr"]])  # each epoch's last
 
 
 def test_two_devices_normalize_by_the_global_batch(tmp_path, monkeypatch):
