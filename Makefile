@@ -3,18 +3,42 @@
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 export MXNET_HOME ?= $(HOME)/.mxnet
 
-PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-# Reinstall whenever setup.py (the one place pins live) changes.
-STAMP  := $(VENV)/.installed-$(shell cksum setup.py | cut -d' ' -f1)
+# The pins live in setup.py; these are the Pythons they have wheels for.
+SUPPORTED   := 3.9 3.10 3.11
+WHY         := gluon-tricks runs on Python 3.9, 3.10 or 3.11 (MXNet 1.9.1 needs numpy < 1.24, which has no wheels past 3.11)
+py_version   = $(shell $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 MXNET_EXTRA ?= cpu
+VENV ?= .venv
+PY   := $(VENV)/bin/python
+
+ifneq ($(filter-out clean,$(or $(MAKECMDGOALS),install)),)
+  # PYTHON=... overrides; otherwise the first supported one of these (a pyenv shim whose
+  # version is not active fails to run, and is skipped).
+  ifeq ($(origin PYTHON),undefined)
+    PYTHON := $(firstword $(foreach p,python3 python3.11 python3.10 python3.9,$(if $(filter $(SUPPORTED),$(call py_version,$(p))),$(p))))
+  endif
+  ifeq ($(PYTHON),)
+    $(error no Python 3.9-3.11 found: $(WHY); install one, e.g. sudo apt-get install python3.10-venv or sudo dnf install python3.11)
+  endif
+  PYVER := $(call py_version,$(PYTHON))
+  ifeq ($(filter $(SUPPORTED),$(PYVER)),)
+    $(error PYTHON=$(PYTHON) is $(if $(PYVER),Python $(PYVER),not a runnable Python): $(WHY))
+  endif
+endif
+
+# Reinstall whenever setup.py (the one place pins live), the Python or the MXNet wheel changes.
+STAMP := $(VENV)/.installed-py$(PYVER)-$(MXNET_EXTRA)-$(shell cksum setup.py | cut -d' ' -f1)
+# mxnet and mxnet-cu112 both write the package `mxnet/`: a venv holds exactly one of them.
+MXNET_OTHER := $(if $(filter gpu,$(MXNET_EXTRA)),mxnet,mxnet-cu112)
 
 .PHONY: install demo test bench clean mutate
 
 $(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a venv: on Ubuntu, sudo apt-get install python$(PYVER)-venv"; exit 1; }
+	@test "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$(PYVER)" || { \
+	  echo "making $(VENV) with $(PYTHON) (Python $(PYVER))"; rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
+	if $(PY) -m pip show -q $(MXNET_OTHER) 2>/dev/null; then $(PY) -m pip uninstall -y -q mxnet mxnet-cu112; fi
 	$(PY) -m pip install -q -e ".[$(MXNET_EXTRA),test]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

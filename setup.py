@@ -13,6 +13,9 @@ CORE = [
     "opencv-python>=4.8,<4.12",
     "matplotlib>=3.7,<3.11",
     "tqdm>=4.60",
+    # Python 3.11's tomllib is tomli 2.0.1. tomli >= 2.1 also parses TOML 1.1 (e.g. newlines in
+    # inline tables), which tomllib rejects: capped so a recipe parses alike on every Python.
+    'tomli>=2.0.1,<2.1; python_version < "3.11"',
 ]
 # Exactly one MXNet build: the CPU wheel here, the CUDA 11.2 wheel on GPU machines.
 MXNET_CPU = ["mxnet==1.9.1"]
@@ -25,7 +28,9 @@ setup(
     description="Reproduce Bag of Tricks and the stitch-mixup CIFAR-100 follow-up on MXNet/GluonCV",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # numpy 1.23.5 (above) has no wheels past Python 3.11; the recipe checks evaluate list[str]
+    # annotations at run time, which needs 3.9.
+    python_requires=">=3.9,<3.12",
     packages=find_packages(include=["gluon_tricks", "gluon_tricks.*"]),
     package_data={"gluon_tricks": ["data/cifar10_mini/*", "paper_numbers/*.csv"]},
     include_package_data=True,

@@ -22,8 +22,7 @@ def ours_rate(images, labels, threads: int) -> float:
     from gluon_tricks.data.loader import TrainStream
     from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD
 
-    stream = TrainStream(images, labels, 10, BATCH, CifarAugment(IMAGENET_MEAN, IMAGENET_STD), seed=0,
-                         smoothing_eps=0.1, prefetch=0)
+    stream = TrainStream(images, labels, BATCH, CifarAugment(IMAGENET_MEAN, IMAGENET_STD), seed=0, prefetch=0)
     steps = stream.steps_per_epoch()
     order = np.random.default_rng(0).permutation(len(images))
 

@@ -41,7 +41,8 @@ def rate(batches, n_images) -> float:
 
 
 def main():
-    from gluon_tricks.data.imagenet import RecordTrainStream, folder_transforms, prepare
+    from gluon_tricks.data.folders import folder_transforms
+    from gluon_tricks.data.recordio import RecordTrainStream, prepare
     from gluon_tricks.recipe import recipe_from_dict
 
     root = tmpdir()
@@ -49,7 +50,7 @@ def main():
     prepare(root / "train", root / "rec" / "train", workers=cores(), progress=False)
     r = recipe_from_dict({"data": {"dataset": "recordio", "root": str(root / "rec"), "augment": "bot",
                                    "image_size": 224, "batch_size": BATCH}, "model": {"name": "resnet50_v1"}})
-    ours = RecordTrainStream(r, root / "rec", 4, 0, 1)
+    ours = RecordTrainStream(r, root / "rec", 0, 1)
     ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
 
     import mxnet as mx

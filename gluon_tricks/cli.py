@@ -1,4 +1,7 @@
-"""gluon-tricks train | recipes | tables | table | schedule
+"""gluon-tricks: train the recipes of Bag of Tricks and its follow-up; print their tables.
+
+Commands: train, prepare, launch, check-records, export, recipes, tables, table,
+plot, schedule (`gluon-tricks COMMAND --help` for each).
 
 User errors end as one line on stderr and exit status 2; Ctrl-C saves a
 checkpoint and exits 130. MXNet is imported only by the commands that train.
@@ -50,13 +53,21 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
     from gluon_tricks.engine import train
 
-    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
+                   params_out=args.save_params)
     print(f"{recipe.name}: top-1 {result['final_top1']:.2f}  top-5 {result['final_top5']:.2f}  "
           f"(best {result['best_top1']:.2f} at epoch {result['best_epoch'] + 1})  -> {out}")
     return 0
 
 
 def cmd_recipes(args) -> int:
+    if args.show:
+        from gluon_tricks.recipe import content_hash, load_recipe, to_toml
+
+        recipe = load_recipe(resolve_recipe_path(args.show), _overrides(args))
+        print(f"# {recipe.name}: content hash {content_hash(recipe)} (every `extends` and --set resolved)")
+        print(to_toml(recipe), end="")
+        return 0
     root = recipes_root()
     for p in sorted(root.rglob("*.toml")):
         if p.name != "table.toml":
@@ -123,7 +134,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from gluon_tricks.data.imagenet import prepare
+    from gluon_tricks.data.recordio import prepare
 
     info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
                    workers=args.workers, progress=not args.quiet)
@@ -146,7 +157,7 @@ def cmd_launch(args) -> int:
 
 
 def cmd_check_records(args) -> int:
-    from gluon_tricks.data.imagenet import check_records
+    from gluon_tricks.data.recordio import check_records
 
     info = check_records(Path(args.prefix), Path(args.repair) if args.repair else None)
     print(f"{info['records']} records, {len(info['bad'])} corrupt" +
@@ -180,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<name>-<content hash>)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace what the run directory holds")
+    t.add_argument("--save-params", metavar="DIR", help="also write this worker's final parameters to "
+                   "DIR/worker<rank>.params (every worker of a distributed job, to compare them)")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("prepare", help="image class folders -> MXNet RecordIO (.rec/.idx/.lst)")
@@ -210,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out")
     ex.set_defaults(func=cmd_export)
 
-    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r = sub.add_parser("recipes", help="list the shipped recipes (--show NAME: one, resolved, with its hash)")
+    r.add_argument("--show", metavar="NAME", help="print this recipe resolved (extends, --set) and its content hash")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the shown recipe")
     r.set_defaults(func=cmd_recipes)
 
     ts = sub.add_parser("tables", help="list the tables and how many rows have results")

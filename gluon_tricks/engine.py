@@ -1,10 +1,14 @@
 """The one training loop. Every recipe of every table runs through `train`.
 
-Per step: a prefetched host batch (augmented images, smoothed targets) is split
-over the devices; on each device the batch is mixed (MixBlock), the teacher (if
-any) predicts on exactly the mixed images in inference mode, the student's loss
-is recorded and back-propagated, and the Trainer reduces gradients through the
-KVStore the recipe names and applies the update.
+`train` reads as its parts: `_setup` (check every input, build the Job), `_restore`
+(the trainer and the Position to continue from), `_train_epoch` per epoch, and
+`_summarize` (the result, a pure function of the metrics rows).
+
+Per step (`_train_step`): a prefetched host batch (augmented images, integer labels)
+gets the recipe's smoothed targets, is split over the devices, and is mixed on each
+(MixBlock); the step-loss object (StudentLoss, or DistillStep whose teacher predicts
+on exactly the mixed images) records the loss, which is back-propagated, and the
+Trainer reduces gradients through the KVStore the recipe names and applies the update.
 
 Host syncs are kept off the hot path: losses and accuracies accumulate on the
 devices; the per-step losses are read together every `system.log_interval`
@@ -14,8 +18,6 @@ must know before each update whether the gradients overflowed.
 """
 from __future__ import annotations
 
-import os
-import platform
 import signal
 import sys
 import time
@@ -28,17 +30,17 @@ from mxnet import autograd, gluon
 
 from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
-from gluon_tricks.data.loader import MIX_STREAM, step_rng
+from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
-from gluon_tricks.results import RunDir
-from gluon_tricks.tricks.losses import DistillationLoss, SoftCrossEntropy
+from gluon_tricks.results import RunDir, provenance
+from gluon_tricks.tricks.distill import DistillStep
+from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
+from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, grads_finite
-from gluon_tricks.tricks.schedules import PaperLR, lr_at, schedule_args
-
-MOMENTUM_OPTIMIZERS = {"nag", "sgd"}
-
+from gluon_tricks.tricks.schedules import lr_at, schedule_args
+from gluon_tricks.tricks.smoothing import smooth_targets
 
 def parse_ctx(text: str) -> list[mx.Context]:
     """`cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist."""
@@ -62,42 +64,13 @@ def parse_ctx(text: str) -> list[mx.Context]:
     return out
 
 
-def make_optimizer(recipe, iters_per_epoch: int) -> tuple[str, dict]:
-    o = recipe.optim
-    params = {
-        "learning_rate": schedule_args(recipe)["base_lr"],
-        "wd": o.wd,
-        "lr_scheduler": PaperLR(iters_per_epoch, **schedule_args(recipe)),
-        "multi_precision": recipe.model.dtype == "float16",
-    }
-    if o.name in MOMENTUM_OPTIMIZERS:
-        params["momentum"] = o.momentum
-    return o.name, params
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("mxnet", "mxnet-cu112", "gluoncv", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def hardware(contexts) -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
-            "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
-
-
 @dataclass
 class Dist:
     """Where this process stands in a data-parallel job."""
     kvstore: object = None
     rank: int = 0
     workers: int = 1
+    is_distributed: bool = False  # a dist_* kvstore: parameter servers hold the optimizer states
 
     @property
     def is_chief(self) -> bool:
@@ -108,14 +81,17 @@ def make_dist(kvstore_name: str) -> Dist:
     if not kvstore_name.startswith("dist"):
         return Dist(kvstore=kvstore_name)
     kv = mx.kv.create(kvstore_name)
-    return Dist(kvstore=kv, rank=kv.rank, workers=kv.num_workers)
+    return Dist(kvstore=kv, rank=kv.rank, workers=kv.num_workers, is_distributed=True)
 
 
-class _StopFlag:
-    """First Ctrl-C: finish the step, checkpoint, exit. Second: exit at once."""
+class StopFlag:
+    """When to stop early with a checkpoint. First Ctrl-C (or SIGTERM): finish the step,
+    checkpoint, exit; second: exit at once. `max_steps` stops the same way after that
+    many steps of this process (tests interrupt a run at a known point with it)."""
 
-    def __init__(self):
+    def __init__(self, max_steps: int | None = None):
         self.requested = False
+        self.max_steps, self.steps_done = max_steps, 0
         self._old = None
 
     def __enter__(self):
@@ -135,18 +111,16 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    def after_step(self) -> bool:
+        """Count one step; True when training must stop now."""
+        self.steps_done += 1
+        return self.requested or (self.max_steps is not None and self.steps_done >= self.max_steps)
+
 
 def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-@dataclass
-class EpochStats:
-    loss_sum: list = field(default_factory=list)  # device NDArrays
-    samples: int = 0
-    seconds: float = 0.0
 
 
 class Progress:
@@ -164,11 +138,9 @@ class Progress:
             self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{self.total}", leave=False,
                             unit="step", dynamic_ncols=True)
 
-    def step(self, n: int = 1, **info):
+    def step(self):
         if self.bar is not None:
-            self.bar.update(n)
-            if info:
-                self.bar.set_postfix(info, refresh=False)
+            self.bar.update(1)
 
     def end(self, row: dict):
         if self.bar is not None:
@@ -201,19 +173,82 @@ def evaluate(net, test_stream, contexts, dtype: str) -> tuple[float, float]:
     return 100.0 * c1 / n, 100.0 * c5 / n
 
 
+@dataclass
+class Job:
+    """Everything a run fixes before its first step."""
+    recipe: object
+    run: RunDir
+    recipe_hash: str
+    contexts: list
+    dist: Dist
+    net: object
+    train_stream: object
+    test_stream: object
+    classes: int
+    train_images: int
+    step_loss: object
+    mixer: Mixer
+    mix: object  # MixBlock, or None when the recipe never mixes
+    scaler: LossScaler
+    progress: Progress
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_stream.steps_per_epoch()
+
+
+@dataclass
+class Position:
+    """Where training continues: the next epoch and step, the best epoch so far, and the
+    sums of an epoch interrupted mid-way (samples, loss_sum, seconds)."""
+    epoch: int = 0
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": 0.0, "epoch": -1})
+    partial: dict = field(default_factory=dict)
+
+
 def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          max_steps: int | None = None) -> dict:
+          max_steps: int | None = None, params_out: Path | None = None) -> dict:
     """Train `recipe` into `run_dir`; returns the result dict (also written to result.json).
 
     `max_steps` stops (with a checkpoint, as Ctrl-C does) after that many steps of this
-    process: tests use it to interrupt a run at a known point."""
+    process. `params_out` also writes this worker's final parameters to
+    params_out/worker<rank>.params (every worker of a distributed job, not only rank 0)."""
+    job = _setup(recipe, run_dir, resume, overwrite, progress)
+    position, trainer = _restore(job, resume)
+    if job.dist.is_chief:
+        job.run.truncate_metrics(position.epoch)
+    with StopFlag(max_steps) as stop:
+        for epoch in range(position.epoch, recipe.epochs):
+            row = _train_epoch(job, trainer, position, epoch, stop)
+            if row["top1"] > position.best["top1"]:
+                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+            position.epoch, position.step, position.partial = epoch + 1, 0, {}
+            if job.dist.is_chief:
+                job.run.append_metrics(row)
+                _save(job, trainer, position)
+            job.progress.end(row)
+    rows = job.run.read_metrics() if job.dist.is_chief else []
+    result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
+                        job.train_images, len(job.test_stream))
+    result.update(provenance(job.contexts))
+    if job.dist.is_chief:
+        job.run.write_result(result)
+    if params_out is not None:
+        Path(params_out).mkdir(parents=True, exist_ok=True)
+        job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
+    return result
+
+
+def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:
+    """Check every input (devices, data, model, teacher), then prepare the run directory."""
     contexts = parse_ctx(recipe.system.ctx)
     check_dtype(recipe.model.dtype, contexts)
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
     if dist.workers > 1 or len(contexts) > 1:
         parts = dist.workers * len(contexts)
         if recipe.data.batch_size % parts:
@@ -228,154 +263,152 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     # the trainer's states perturbs the following steps (measured: weights 1.2 apart after six
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
-    dtype = recipe.model.dtype
-    teacher = None
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, dtype)
-        loss_fn = DistillationLoss(recipe.distill.temperature, recipe.distill.soft_weight)
+        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
+        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
     else:
-        loss_fn = SoftCrossEntropy()
-    loss_fn.hybridize(static_alloc=True, static_shape=True)
+        step_loss = StudentLoss()
 
-    # Every input is checked (devices, data, model, teacher) before the run directory is touched.
     if dist.is_chief:
         run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
     mixer = Mixer(recipe.mixup, recipe.epochs)
-    mixblock = mix_block(mixer.sources) if mixer.enabled else None
-    if mixblock is not None:
-        mixblock.hybridize(static_alloc=True, static_shape=True)
+    mix = mix_block(mixer.sources) if mixer.enabled else None
+    if mix is not None:
+        mix.hybridize(static_alloc=True, static_shape=True)
+    return Job(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
+               step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
+               Progress(progress and dist.is_chief, recipe.epochs))
 
-    steps_per_epoch = stream.steps_per_epoch()
-    scaler = LossScaler(recipe.optim.loss_scale)
-    lr_args = schedule_args(recipe)
-    global_batch = recipe.data.batch_size
 
-    start_epoch, start_step, carried = 0, 0, {}
-    best = {"top1": -1.0, "top5": 0.0, "epoch": -1}
+def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
+    """The trainer, and where to continue: from the last good checkpoint when resuming."""
+    run, steps = job.run, job.steps_per_epoch
     ckpt = run.latest_checkpoint() if resume else None
     if resume and ckpt is None and any(run.checkpoints()):
         raise UserError(f"no usable checkpoint in {run.ckpt_root}: every one is corrupt; start again with --overwrite")
+    position = Position()
     if ckpt is not None:
-        start_epoch, start_step = ckpt.state["next_epoch"], ckpt.state["next_step"]
+        position.epoch, position.step = ckpt.state["next_epoch"], ckpt.state["next_step"]
     # A distributed kvstore cannot save optimizer states (they live on the servers): there
     # the checkpoint keeps the parameters and the update count, and momentum starts afresh.
-    distributed = dist.workers > 1 or str(recipe.system.kvstore).startswith("dist")
-    opt_name, opt_params = make_optimizer(recipe, steps_per_epoch)
-    if ckpt is not None and distributed:
-        opt_params["begin_num_update"] = start_epoch * steps_per_epoch + start_step
-    trainer = gluon.Trainer(net.collect_params(), opt_name, opt_params, kvstore=dist.kvstore)
+    opt_name, opt_params = make_optimizer(job.recipe, steps)
+    if ckpt is not None and job.dist.is_distributed:
+        opt_params["begin_num_update"] = position.epoch * steps + position.step
+    trainer = gluon.Trainer(job.net.collect_params(), opt_name, opt_params, kvstore=job.dist.kvstore)
     if ckpt is not None:
-        net.load_parameters(str(ckpt.params), ctx=contexts)
-        if not distributed:
+        job.net.load_parameters(str(ckpt.params), ctx=job.contexts)
+        if not job.dist.is_distributed:
             trainer.load_states(str(ckpt.trainer_states))
-        scaler.load(ckpt.state["scaler"])
-        best = ckpt.state["best"]
-        carried = ckpt.state.get("partial_epoch", {})
-        print(f"resuming {run.path} at epoch {start_epoch + 1}, step {start_step} from {ckpt.path.name}",
+        job.scaler.load(ckpt.state["scaler"])
+        position.best = ckpt.state["best"]
+        position.partial = ckpt.state.get("partial_epoch", {})
+        print(f"resuming {run.path} at epoch {position.epoch + 1}, step {position.step} from {ckpt.path.name}",
               file=sys.stderr)
+    return position, trainer
+
+
+def _save(job: Job, trainer, position: Position):
+    """A checkpoint from which training continues at `position` (the chief writes it)."""
+    if not job.dist.is_chief:
+        return None
 
     def save_trainer(path):
-        if distributed:
+        if job.dist.is_distributed:
             Path(path).write_text("optimizer states live on the parameter servers\n")
         else:
             trainer.save_states(path)
 
-    if dist.is_chief:
-        run.truncate_metrics(start_epoch)
+    state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
+             "partial_epoch": position.partial}
+    return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
+                                   keep=job.recipe.system.keep_checkpoints)
 
-    def save(epoch, step, partial=None):
-        if not dist.is_chief:
-            return None
-        state = {"scaler": scaler.state(), "best": best, "seed": recipe.seed, "hash": recipe_hash,
-                 "partial_epoch": partial or {}}
-        return run.save_checkpoint(epoch, step, state, net.save_parameters, save_trainer,
-                                   keep=recipe.system.keep_checkpoints)
 
-    show = Progress(progress and dist.is_chief, recipe.epochs)
-    steps_done = 0
-    epoch_seconds = []
-    with _StopFlag() as stop:
-        for epoch in range(start_epoch, recipe.epochs):
-            first = start_step if epoch == start_epoch else 0
-            show.start(epoch, steps_per_epoch, first)
-            loss_sums = [mx.nd.zeros((1,), ctx=c) for c in contexts]
-            samples = carried.get("samples", 0) if epoch == start_epoch else 0
-            seconds = carried.get("seconds", 0.0) if epoch == start_epoch else 0.0
-            carried_loss = carried.get("loss_sum", 0.0) if epoch == start_epoch else 0.0
-            window = LossWindow(recipe.system.log_interval)
-            reads_before = HOST_READS["count"]
-            t0 = time.perf_counter()
-            for step, x, y, _ in stream.epoch(epoch, first):
-                xs = gluon.utils.split_and_load(x, contexts)
-                ys = gluon.utils.split_and_load(y, contexts)
-                plan = mixer.plan(xs[0].shape[0], x.shape[2], x.shape[3], epoch,
-                                  step_rng(recipe.seed, epoch, step, MIX_STREAM)) if mixblock else None
-                if plan is not None:
-                    mixed = [mixblock(xd, yd, mx.nd.array(plan.index, ctx=xd.context),
-                                      mx.nd.array(plan.masks, ctx=xd.context),
-                                      mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(xs, ys)]
-                    xs, ys = [m[0] for m in mixed], [m[1] for m in mixed]
-                if dtype != "float32":
-                    xs = [xd.astype(dtype) for xd in xs]
-                teacher_out = [teacher(xd) for xd in xs] if teacher is not None else None
-                with autograd.record():
-                    outs = [net(xd) for xd in xs]
-                    if teacher_out is None:
-                        losses = [loss_fn(o, yd) for o, yd in zip(outs, ys)]
-                    else:
-                        losses = [loss_fn(o, yd, t) for o, yd, t in zip(outs, ys, teacher_out)]
-                    scaled = [l * scaler.scale for l in losses] if scaler.scale != 1.0 else losses
-                autograd.backward(scaled)
-                apply = True
-                if scaler.dynamic:
-                    apply = scaler.update(overflow=not grads_finite(trainer._params, contexts))
-                if apply:
-                    trainer.step(global_batch * scaler.scale)
-                step_loss = [l.sum() for l in losses]
-                for acc, l in zip(loss_sums, step_loss):
-                    acc += l
-                if window.add(step, step_loss[0]):
-                    window.check(epoch, run)
-                samples += x.shape[0] * dist.workers
-                steps_done += 1
-                show.step()
-                if stop.requested or (max_steps is not None and steps_done >= max_steps):
-                    window.check(epoch, run)
-                    mx.nd.waitall()
-                    loss_now = carried_loss + float(host_read(_gather(loss_sums)).sum())
-                    path = save(epoch, step + 1, {"samples": samples, "loss_sum": loss_now,
-                                                  "seconds": seconds + time.perf_counter() - t0})
-                    raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
-                                      f"continue with --resume")
-            window.check(epoch, run)
+def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
+    """One epoch (from `position.step` when it resumes one), then evaluation; the metrics row."""
+    recipe, contexts = job.recipe, job.contexts
+    resumed = position.partial if epoch == position.epoch else {}
+    first = position.step if epoch == position.epoch else 0
+    samples, seconds = resumed.get("samples", 0), resumed.get("seconds", 0.0)
+    carried_loss = resumed.get("loss_sum", 0.0)
+    job.progress.start(epoch, job.steps_per_epoch, first)
+    loss_sums = [mx.nd.zeros((1,), ctx=c) for c in contexts]
+    window = LossWindow(recipe.system.log_interval)
+    reads_before = HOST_READS["count"]
+    t0 = time.perf_counter()
+    for step, x, labels in job.train_stream.epoch(epoch, first):
+        losses = _train_step(job, trainer, x, labels, epoch, step)
+        for total, loss in zip(loss_sums, losses):
+            total += loss
+        if window.add(step, losses[0]):
+            window.check(epoch, job.run)
+        samples += x.shape[0] * job.dist.workers
+        job.progress.step()
+        if stop.after_step():
+            window.check(epoch, job.run)
             mx.nd.waitall()
-            seconds += time.perf_counter() - t0
-            train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples)
-            top1, top5 = evaluate(net, test_stream, contexts, dtype)
-            row = {
-                "epoch": epoch,
-                "lr": lr_at((epoch + 1) * steps_per_epoch - 1, iters_per_epoch=steps_per_epoch, **lr_args),
-                "train_loss": train_loss,
-                "top1": top1,
-                "top5": top5,
-                "seconds": seconds,
-                "images_per_sec": samples / seconds if seconds > 0 else 0.0,
-                "skipped_steps": scaler.skipped,
-                "mixing": mixer.active(epoch),
-                "host_syncs": HOST_READS["count"] - reads_before,
-            }
-            if top1 > best["top1"]:
-                best = {"top1": top1, "top5": top5, "epoch": epoch}
-            if dist.is_chief:
-                run.append_metrics(row)
-                save(epoch + 1, 0)
-            show.end(row)
-            epoch_seconds.append(seconds)
+            loss_sum = carried_loss + float(host_read(_gather(loss_sums)).sum())
+            position.epoch, position.step = epoch, step + 1
+            position.partial = {"samples": samples, "loss_sum": loss_sum,
+                                "seconds": seconds + time.perf_counter() - t0}
+            path = _save(job, trainer, position)
+            raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
+                              f"continue with --resume")
+    window.check(epoch, job.run)
+    mx.nd.waitall()
+    seconds += time.perf_counter() - t0
+    train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples)
+    top1, top5 = evaluate(job.net, job.test_stream, contexts, recipe.model.dtype)
+    steps = job.steps_per_epoch
+    return {
+        "epoch": epoch,
+        "lr": lr_at((epoch + 1) * steps - 1, iters_per_epoch=steps, **schedule_args(recipe)),
+        "train_loss": train_loss,
+        "top1": top1,
+        "top5": top5,
+        "seconds": seconds,
+        "images_per_sec": samples / seconds if seconds > 0 else 0.0,
+        "skipped_steps": job.scaler.skipped,
+        "mixing": job.mixer.active(epoch),
+        "host_syncs": HOST_READS["count"] - reads_before,
+    }
 
-    rows = run.read_metrics() if dist.is_chief else []
+
+def _train_step(job: Job, trainer, x, labels, epoch: int, step: int) -> list:
+    """smooth -> split over devices -> mix -> step loss -> backward -> update.
+    Returns each device's summed loss (still on the device)."""
+    recipe, contexts, scaler = job.recipe, job.contexts, job.scaler
+    targets = smooth_targets(labels, job.classes, recipe.smoothing.eps, recipe.smoothing.form)
+    images = gluon.utils.split_and_load(x, contexts)
+    targets = gluon.utils.split_and_load(targets, contexts)
+    plan = job.mixer.plan(images[0].shape[0], x.shape[2], x.shape[3], epoch,
+                          step_rng(recipe.seed, epoch, step, RNG_MIX)) if job.mix else None
+    if plan is not None:
+        mixed = [job.mix(xd, yd, mx.nd.array(plan.index, ctx=xd.context), mx.nd.array(plan.masks, ctx=xd.context),
+                         mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(images, targets)]
+        images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
+    if recipe.model.dtype != "float32":
+        images = [xd.astype(recipe.model.dtype) for xd in images]
+    losses = job.step_loss(job.net, images, targets)
+    scaled = losses
+    if scaler.scale != 1.0:
+        with autograd.record():  # the product joins the graph the step loss recorded
+            scaled = [loss * scaler.scale for loss in losses]
+    autograd.backward(scaled)
+    update = True
+    if scaler.dynamic:
+        update = scaler.update(overflow=not grads_finite(trainer._params, contexts))
+    if update:
+        trainer.step(recipe.data.batch_size * scaler.scale)
+    return [loss.sum() for loss in losses]
+
+
+def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,
+               train_images: int, test_images: int) -> dict:
+    """The result of a finished run from its metrics rows (pure: no MXNet, no files)."""
     last = rows[-1] if rows else {"top1": float("nan"), "top5": float("nan")}
-    result = {
+    return {
         "name": recipe.name,
         "hash": recipe_hash,
         "final_top1": last["top1"],
@@ -387,21 +420,12 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
         "epochs_scale": recipe.epochs_scale,
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
         "images_per_sec": float(np.mean([r["images_per_sec"] for r in rows])) if rows else 0.0,
-        "skipped_steps": scaler.skipped,
+        "skipped_steps": skipped_steps,
         "seed": recipe.seed,
-        "versions": versions(),
-        "hardware": hardware(contexts),
-        "workers": dist.workers,
+        "workers": workers,
         "train_images": train_images,
-        "test_images": len(test_stream),
+        "test_images": test_images,
     }
-    if dist.is_chief:
-        run.write_result(result)
-    dump = os.environ.get("GLUON_TRICKS_WORKER_PARAMS_DIR")
-    if dump:  # for tests of distributed runs: every worker's final parameters
-        Path(dump).mkdir(parents=True, exist_ok=True)
-        net.save_parameters(str(Path(dump) / f"worker{dist.rank}.params"))
-    return result
 
 
 HOST_READS = {"count": 0}  # every device-to-host read of the loop, for metrics and bench/

@@ -12,3 +12,23 @@ class DivergenceError(UserError):
 
 class Interrupted(UserError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message as one short line for a UserError: its first line, except for
+    MXNet's errors, which start with "Traceback" and give the reason on their last line
+    (e.g. `LocalFileSystem: Check failed: ... No such file or directory`)."""
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    if not lines:
+        return e.__class__.__name__
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line.strip()[:limit]
+
+
+def mxnet_home() -> "Path":
+    """MXNet's data directory: $MXNET_HOME, else ~/.mxnet (where GluonCV keeps datasets
+    and model weights)."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("MXNET_HOME") or Path.home() / ".mxnet").expanduser()

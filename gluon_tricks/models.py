@@ -15,7 +15,8 @@ import numpy as np
 from mxnet import init as mx_init
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.init import descendants, no_bias_decay, zero_gamma
+from gluon_tricks.tricks.optim import no_bias_decay
+from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
 
 def zoo_names() -> list[str]:

@@ -24,7 +24,44 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, first_line
+
+
+def provenance(contexts) -> dict:
+    """What produced a result: package versions (gluon-tricks and its code revision
+    included), and the hardware it ran on."""
+    import platform
+    from importlib import metadata
+
+    from gluon_tricks import __version__
+
+    versions = {"gluon-tricks": __version__, "code_revision": code_revision(), "python": platform.python_version()}
+    for dist in ("mxnet", "mxnet-cu112", "gluoncv", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    hardware = {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
+                "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
+    return {"versions": versions, "hardware": hardware}
+
+
+def code_revision() -> str:
+    """The checkout's short commit hash, "+dirty" when tracked files differ from it;
+    "unknown" outside git (an installed wheel, no git binary)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
+        if rev.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def default_runs_root() -> Path:
@@ -214,7 +251,7 @@ class RunDir:
         except Exception as e:  # MXNet reports a failed write as MXNetError
             shutil.rmtree(tmp, ignore_errors=True)
             if "No space" in str(e) or "write" in str(e).lower():
-                raise UserError(f"could not write checkpoint {final} ({str(e).splitlines()[0][:120]}); "
+                raise UserError(f"could not write checkpoint {final} ({first_line(e, 120)}); "
                                 "free space or choose another --runs directory "
                                 "(the previous checkpoint is intact)") from None
             raise

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import statistics
-import tomllib
+from gluon_tricks._compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -77,7 +77,7 @@ def test_worker_shards_are_disjoint_and_cover_each_global_batch():
     from gluon_tricks.data.augment import CifarAugment
     aug = CifarAugment([0.5] * 3, [0.2] * 3, train=False)
     for workers in (1, 2, 4):
-        streams = [TrainStream(images, labels, 10, 24, aug, 0, part=p, parts=workers) for p in range(workers)]
+        streams = [TrainStream(images, labels, 24, aug, 0, part=p, parts=workers) for p in range(workers)]
         order = epoch_order(100, 0, 5)
         steps = streams[0].steps_per_epoch()
         assert steps == 4
@@ -97,8 +97,8 @@ def launch(args, env=None, **kw):
 def test_two_workers_match_one_process_with_two_devices(tmp_path):
     r, path = tiny_recipe(tmp_path)
     run, dump = tmp_path / "run", tmp_path / "workers"
-    proc = launch(["-n", 2, "-s", 1, "--timeout", 150, "--", "train", path, "--out", run, "--quiet"],
-                  env={"GLUON_TRICKS_WORKER_PARAMS_DIR": str(dump)})
+    proc = launch(["-n", 2, "-s", 1, "--timeout", 150, "--", "train", path, "--out", run, "--quiet",
+                   "--save-params", dump])
     out, err = proc.communicate(timeout=170)
     assert proc.returncode == 0, err
     w0 = mx.nd.load(str(dump / "worker0.params"))
@@ -109,8 +109,8 @@ def test_two_workers_match_one_process_with_two_devices(tmp_path):
     # workers: MXNet's CPU kernels round differently with another OMP_NUM_THREADS (one step
     # with 1 vs 2 threads moves the first conv by ~2.5e-4).
     single = subprocess.run([sys.executable, "-m", "gluon_tricks", "train", str(path), "--out", str(tmp_path / "single"),
-                             "--ctx", "cpu:0,cpu:1", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", GLUON_TRICKS_WORKER_PARAMS_DIR=str(tmp_path / "s")))
+                             "--ctx", "cpu:0,cpu:1", "--quiet", "--save-params", str(tmp_path / "s")], cwd=ROOT,
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert single.returncode == 0, single.stderr
     single = mx.nd.load(str(tmp_path / "s" / "worker0.params"))
     # gradients are summed in another order (servers vs the local kvstore): float32 rounding only

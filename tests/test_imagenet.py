@@ -10,9 +10,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gluon_tricks.data.imagenet import (FolderTestStream, FolderTrainStream, RecordTestStream, RecordTrainStream,
-                                         prepare)
+from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
+from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, prepare
 from gluon_tricks.errors import UserError
+from gluon_tricks.tricks.smoothing import smooth_targets
 from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,16 +109,18 @@ def test_training_crops_are_the_papers_random_resized_crops(dataset, monkeypatch
 
 def test_record_train_stream_shapes_targets_and_shards(dataset):
     _, out, _, _ = dataset
-    s = RecordTrainStream(recipe(out), out, 3, rank=0, workers=1)
+    r = recipe(out)
+    s = RecordTrainStream(r, out, rank=0, workers=1)
     assert s.steps_per_epoch() == 3
     batches = list(s.epoch(0))
     assert [b[0] for b in batches] == [0, 1, 2]
-    step, x, y, labels = batches[0]
+    step, x, labels = batches[0]
     assert x.shape == (8, 3, 32, 32) and x.dtype == np.float32
+    y = smooth_targets(labels, 3, r.smoothing.eps, r.smoothing.form)  # what the training step makes of them
     np.testing.assert_allclose(y.sum(1), 1, rtol=1e-6)
     assert y.max() == pytest.approx(0.9 + 0.1 / 3)
-    assert set(np.concatenate([b[3] for b in batches]).tolist()) <= {0, 1, 2}
-    half = RecordTrainStream(recipe(out, batch_size=8), out, 3, rank=1, workers=2)
+    assert set(np.concatenate([b[2] for b in batches]).tolist()) <= {0, 1, 2}
+    half = RecordTrainStream(recipe(out, batch_size=8), out, rank=1, workers=2)
     assert half.steps_per_epoch() == 3 and half.batch_size == 4
     assert [b[0] for b in s.epoch(1, start_step=2)] == [2]
 
@@ -140,7 +143,7 @@ def test_record_validation_is_normalized_and_deterministic(dataset):
 
 def test_missing_record_files(tmp_path):
     with pytest.raises(UserError, match="train.rec not found; create it with `gluon-tricks prepare"):
-        RecordTrainStream(recipe(tmp_path), tmp_path, 3, 0, 1)
+        RecordTrainStream(recipe(tmp_path), tmp_path, 0, 1)
 
 
 def test_folder_streams_and_unreadable_image(dataset):
@@ -151,7 +154,8 @@ def test_folder_streams_and_unreadable_image(dataset):
     r = recipe(clean, dataset="imagefolder")
     train = FolderTrainStream(r, clean, 0, 1)
     assert train.classes == 3 and train.steps_per_epoch() == 3
-    step, x, y, labels = next(iter(train.epoch(0)))
+    step, x, labels = next(iter(train.epoch(0)))
+    y = smooth_targets(labels, train.classes, r.smoothing.eps, r.smoothing.form)
     assert x.shape == (8, 3, 32, 32) and y.shape == (8, 3)
     test = FolderTestStream(r, clean)
     a = [x.asnumpy() for x, _ in test.batches()]
@@ -230,7 +234,7 @@ def test_corrupt_record_is_named_counted_and_skipped(dataset, tmp_path, capsys):
     data = bytearray((root / "train.rec").read_bytes())
     data[pos + 40:pos + 400] = b"\x55" * 360  # inside record 5's JPEG
     (root / "train.rec").write_bytes(bytes(data))
-    stream = RecordTrainStream(recipe(root), root, 3, 0, 1)
+    stream = RecordTrainStream(recipe(root), root, 0, 1)
     with pytest.raises(UserError, match=r"train.rec: a record could not be decoded .*check-records"):
         for _ in stream.epoch(0):
             pass
@@ -239,5 +243,5 @@ def test_corrupt_record_is_named_counted_and_skipped(dataset, tmp_path, capsys):
     assert main(["check-records", str(root / "train"), "--repair", str(root / "clean")]) == 0
     for ext in ("rec", "idx"):
         shutil.move(root / f"clean.{ext}", root / f"train.{ext}")
-    steps = [s for s, *_ in RecordTrainStream(recipe(root), root, 3, 0, 1).epoch(0)]
+    steps = [s for s, *_ in RecordTrainStream(recipe(root), root, 0, 1).epoch(0)]
     assert steps == [0, 1]  # 23 good records: two full batches of 8

@@ -5,11 +5,11 @@ import pytest
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from gluon_tricks.engine import make_optimizer
 from gluon_tricks.errors import UserError
 from gluon_tricks.models import build_model, count_flops, count_params, load_teacher, output_classes
 from gluon_tricks.recipe import DistillSpec, recipe_from_dict
-from gluon_tricks.tricks.init import last_batchnorm, residual_blocks
+from gluon_tricks.tricks.optim import make_optimizer
+from gluon_tricks.tricks.zero_gamma import last_batchnorm, residual_blocks
 
 
 def model(name, classes=10, **model_fields):

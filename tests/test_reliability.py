@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import gluon_tricks.data.loader as loader
+import gluon_tricks.engine as engine
 from gluon_tricks.engine import train
 from gluon_tricks.errors import DivergenceError, UserError
 from gluon_tricks.recipe import recipe_from_dict, to_toml
@@ -133,15 +133,16 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
 
 def test_nan_loss_stops_with_epoch_step_and_last_checkpoint(tmp_path, monkeypatch):
     r, _ = tiny(tmp_path, epochs=2)
-    real = loader.TrainStream.batch
+    real = engine._train_step
 
-    def poisoned(self, epoch, step, order):
-        x, y, yi = real(self, epoch, step, order)
-        if epoch == 1 and step == 5:
-            y = np.full_like(y, np.nan)  # (NaN images would not do: MXNet's relu maps NaN to 0)
-        return x, y, yi
+    def poisoned(job, trainer, x, labels, epoch, step):
+        if epoch == 1 and step == 5:  # NaN targets (NaN images would not do: MXNet's relu maps NaN to 0)
+            with monkeypatch.context() as m:
+                m.setattr(engine, "smooth_targets", lambda y, k, *a: np.full((len(y), k), np.nan, np.float32))
+                return real(job, trainer, x, labels, epoch, step)
+        return real(job, trainer, x, labels, epoch, step)
 
-    monkeypatch.setattr(loader.TrainStream, "batch", poisoned)
+    monkeypatch.setattr(engine, "_train_step", poisoned)
     with pytest.raises(DivergenceError) as e:
         train(r, tmp_path / "run", progress=False)
     msg = str(e.value)

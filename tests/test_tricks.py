@@ -6,7 +6,8 @@ from mxnet import autograd
 
 from gluon_tricks.recipe import MixupSpec, recipe_from_dict
 from gluon_tricks.tricks import mixing
-from gluon_tricks.tricks.losses import DistillationLoss, SoftCrossEntropy, distillation_numpy
+from gluon_tricks.tricks.distill import DistillationLoss, distillation_numpy
+from gluon_tricks.tricks.losses import SoftCrossEntropy
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, grads_finite
 from gluon_tricks.tricks.smoothing import smooth_targets
 from gluon_tricks.errors import UserError
@@ -113,7 +114,7 @@ def test_partner_choices():
 
 
 def test_min_lambda_means_no_mixing():
-    spec = MixupSpec(kind="interpolation", alpha=0.2, min_lambda=0.1)
+    spec = MixupSpec(kind="interpolation", alpha=0.2, min_lambda=0.1, min_lambda_kinds=["interpolation"])
     mixer = mixing.Mixer(spec, 10)
     seen_small = False
     for seed in range(200):

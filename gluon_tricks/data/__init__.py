@@ -1,17 +1,20 @@
-"""Datasets and batch streams. `make_streams` picks the reader a recipe names.
+"""Datasets and batch streams. `make_streams` picks the reader a recipe names: CIFAR
+(cifar.py, loader.py), RecordIO (recordio.py) or image folders (folders.py).
 
 A train stream has `steps_per_epoch()` and `epoch(epoch, start_step)` yielding
-(step, images, soft_targets, int_labels) with images NCHW float32 (numpy or
-NDArray); a test stream has `batches()` yielding (images, int_labels) and `__len__`.
+(step, images, int_labels) with images NCHW float32 (numpy or NDArray); label
+smoothing and mixing belong to the training step, not the stream. A test stream
+has `batches()` yielding (images, int_labels) and `__len__`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from gluon_tricks.data.cifar import ImageSet, load_cifar
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, mxnet_home
 
 CIFAR_SETS = ("cifar10", "cifar100", "cifar10-mini")
 
@@ -50,11 +53,22 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
 
         train, test = load_datasets(spec)
         classes = recipe.model.classes or train.classes
-        stream = TrainStream(train.images, train.labels, classes, spec.batch_size,
-                             cifar_augment(spec, train=True), recipe.seed, recipe.smoothing.eps,
-                             recipe.smoothing.form, part=rank, parts=workers)
+        stream = TrainStream(train.images, train.labels, spec.batch_size, cifar_augment(spec, train=True),
+                             recipe.seed, part=rank, parts=workers)
         return stream, CifarTest(test.images, test.labels, spec.batch_size, cifar_augment(spec, train=False)), \
             classes, len(train)
-    from gluon_tricks.data.imagenet import make_imagenet_streams
+    root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
+    if spec.dataset == "recordio":
+        from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, read_classes
 
-    return make_imagenet_streams(recipe, rank, workers)
+        classes = recipe.model.classes or read_classes(root)
+        if not classes:
+            raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
+                            "`gluon-tricks prepare`); set model.classes")
+        train = RecordTrainStream(recipe, root, rank, workers)
+        return train, RecordTestStream(recipe, root), classes, train.steps * spec.batch_size
+    from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
+
+    train = FolderTrainStream(recipe, root, rank, workers)
+    classes = recipe.model.classes or train.classes
+    return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size

@@ -59,14 +59,6 @@ def lighting_offsets(alpha: np.ndarray) -> np.ndarray:
     return (alpha * PCA_EIGVAL) @ PCA_EIGVEC.T
 
 
-def crop_flip_indices(n: int, size: int, pad: int, offsets_y, offsets_x, flips):
-    """Row and column indices into the padded image for each output pixel."""
-    ar = np.arange(size)
-    rows = offsets_y[:, None] + ar
-    cols = offsets_x[:, None] + np.where(flips[:, None], ar[::-1], ar)
-    return rows, cols
-
-
 class CifarAugment:
     """Turns a uint8 NHWC batch into a normalized float32 NCHW batch.
 

@@ -1,4 +1,4 @@
-"""Batches of augmented images and soft targets, produced ahead on a background thread.
+"""Batches of augmented images and integer labels, produced ahead on a background thread.
 
 All randomness is a pure function of (seed, epoch, step): the shuffle order of an
 epoch comes from Generator([seed, epoch]) and the augmentation draws of a step
@@ -12,13 +12,11 @@ import threading
 
 import numpy as np
 
-from gluon_tricks.tricks.smoothing import smooth_targets
-
-DATA_STREAM, MIX_STREAM = 1, 2
+RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
 
 
-def step_rng(seed: int, epoch: int, step: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, step, stream])
+def step_rng(seed: int, epoch: int, step: int, rng_id: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, step, rng_id])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -34,12 +32,10 @@ class TrainStream:
     workers with one device each compute exactly what one process with N devices
     computes (split_and_load hands device k the k-th slice), BatchNorm groups included."""
 
-    def __init__(self, images, labels, classes, batch_size, augment, seed, smoothing_eps=0.0,
-                 smoothing_form="gluoncv", part=0, parts=1, prefetch=2):
-        self.images, self.labels, self.classes = images, labels, classes
+    def __init__(self, images, labels, batch_size, augment, seed, part=0, parts=1, prefetch=2):
+        self.images, self.labels = images, labels
         self.global_batch, self.augment, self.seed = batch_size, augment, seed
         self.batch_size = batch_size // parts
-        self.eps, self.form = smoothing_eps, smoothing_form
         self.part, self.parts, self.prefetch = part, parts, prefetch
         if len(images) < batch_size:
             from gluon_tricks.errors import UserError
@@ -56,18 +52,16 @@ class TrainStream:
 
     def batch(self, epoch: int, step: int, order: np.ndarray):
         idx = self.indices(order, step)
-        rng = step_rng(self.seed, epoch, step, DATA_STREAM)
+        rng = step_rng(self.seed, epoch, step, RNG_AUGMENT)
         draws = None
         if getattr(self.augment, "train", False):
             full = self.augment.draw(self.global_batch, rng)
             part = slice(self.part * self.batch_size, (self.part + 1) * self.batch_size)
             draws = {k: v[part] for k, v in full.items()}
-        x = self.augment(self.images[idx], draws=draws)
-        y = smooth_targets(self.labels[idx], self.classes, self.eps, self.form)
-        return x, y, self.labels[idx]
+        return self.augment(self.images[idx], draws=draws), self.labels[idx]
 
     def epoch(self, epoch: int, start_step: int = 0):
-        """Yields (step, x, y_soft, y_int) for the steps of `epoch` from `start_step` on."""
+        """Yields (step, images, int_labels) for the steps of `epoch` from `start_step` on."""
         order = epoch_order(len(self.images), self.seed, epoch)
         steps = range(start_step, self.steps_per_epoch())
         if self.prefetch <= 0:

@@ -1,21 +1,13 @@
-"""Losses on soft targets: cross-entropy and knowledge distillation.
+"""The loss on soft targets: cross-entropy, and the step-loss object without a teacher.
 
 Targets are always distributions (one-hot, smoothed and/or mixed), and logits
 are cast to float32 first so a float16 network still computes its loss in fp32.
-
-Distillation (Hinton et al.; Bag of Tricks 5.3) with weight w and temperature T:
-
-    loss = (1 - w) * CE(y, softmax(z)) + w * T^2 * KL(softmax(r/T) || softmax(z/T))
-
-z the student's logits, r the teacher's, y the (smoothed, mixed) target. GluonCV's
-`DistillationSoftmaxCrossEntropyLoss(temperature=T, hard_weight=1-w)` uses the
-cross-entropy CE(softmax(r/T), softmax(z/T)) instead of the KL divergence; the two
-differ by w * T^2 * H(softmax(r/T)), the teacher's entropy, which does not depend
-on the student: same gradients, different printed loss (tests/test_losses.py).
+Distillation (the step loss with a teacher) is in distill.py.
 """
 from __future__ import annotations
 
 import numpy as np
+from mxnet import autograd
 from mxnet.gluon import HybridBlock
 
 
@@ -23,14 +15,6 @@ def soft_cross_entropy_numpy(logits: np.ndarray, target: np.ndarray) -> np.ndarr
     z = logits - logits.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return -(target * log_p).sum(axis=1)
-
-
-def distillation_numpy(student, target, teacher, temperature: float, soft_weight: float) -> np.ndarray:
-    t = temperature
-    p_t = np.exp(teacher / t - (teacher / t).max(1, keepdims=True))
-    p_t /= p_t.sum(1, keepdims=True)
-    kl = soft_cross_entropy_numpy(student / t, p_t) - soft_cross_entropy_numpy(np.log(p_t), p_t)
-    return (1 - soft_weight) * soft_cross_entropy_numpy(student, target) + soft_weight * t * t * kl
 
 
 class SoftCrossEntropy(HybridBlock):
@@ -41,18 +25,15 @@ class SoftCrossEntropy(HybridBlock):
         return -F.sum(target * F.log_softmax(logits, axis=-1), axis=-1)
 
 
-class DistillationLoss(HybridBlock):
-    """Per-sample (1-w) CE(y, z) + w T^2 KL(softmax(r/T) || softmax(z/T))."""
+class StudentLoss:
+    """The step's loss without a teacher: per device, the soft-target cross-entropy of
+    the student's logits, recorded for back-propagation."""
 
-    def __init__(self, temperature: float = 20.0, soft_weight: float = 0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.t, self.w = float(temperature), float(soft_weight)
+    def __init__(self):
+        self.loss = SoftCrossEntropy()
+        self.loss.hybridize(static_alloc=True, static_shape=True)
 
-    def hybrid_forward(self, F, logits, target, teacher_logits):
-        logits = F.cast(logits, "float32")
-        teacher_logits = F.cast(teacher_logits, "float32")
-        hard = -F.sum(target * F.log_softmax(logits, axis=-1), axis=-1)
-        log_p_teacher = F.log_softmax(teacher_logits / self.t, axis=-1)
-        log_p_student = F.log_softmax(logits / self.t, axis=-1)
-        kl = F.sum(F.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
-        return (1 - self.w) * hard + self.w * self.t * self.t * kl
+    def __call__(self, net, xs, ys) -> list:
+        with autograd.record():
+            outs = [net(x) for x in xs]
+            return [self.loss(o, y) for o, y in zip(outs, ys)]

@@ -1,9 +1,8 @@
-"""The ImageNet-scale path: RecordIO preparation, `mx.io.ImageRecordIter` streams with the
-Bag of Tricks augmentation, and image-folder streams for small datasets (Food-101 subsets).
+"""ImageNet-scale data in MXNet RecordIO: preparing .rec/.idx from class folders,
+checking them, and `mx.io.ImageRecordIter` streams with the Bag of Tricks augmentation.
 
 data.root holds `train.rec/.idx` and `val.rec/.idx` (written by `gluon-tricks prepare`,
-with `train.classes.txt`), or `train/` and `val/` class folders for data.dataset =
-"imagefolder".
+with `train.classes.txt`).
 
 Augmentation (Bag of Tricks Sec. 2; GluonCV's train_imagenet.py uses the same iterator
 arguments): random-resized crop with area in [data.min_area, 1] and aspect ratio in
@@ -22,14 +21,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
-from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.smoothing import smooth_targets
+from gluon_tricks.data.streams import trimmed_batches, val_resize
+from gluon_tricks.errors import UserError, first_line
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -150,18 +149,13 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
 
 
 def _record_error(rec: Path, e: Exception) -> UserError:
-    first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else e.__class__.__name__
     prefix = str(rec)[: -len(".rec")]
-    return UserError(f"{rec}: a record could not be decoded ({first}); list and skip the bad records with "
+    return UserError(f"{rec}: a record could not be decoded ({first_line(e, 160)}); list and skip the bad records with "
                      f"`gluon-tricks check-records {prefix} --repair {prefix}-clean`")
 
 
 # -- streams -----------------------------------------------------------------------------------
-def _val_resize(spec) -> int:
-    return spec.val_resize or int(math.ceil(spec.image_size * 256 / 224))
-
-
-def _iter_norm(spec) -> dict:
+def iter_norm(spec) -> dict:
     m = [255.0 * v for v in spec.mean]
     s = [255.0 * v for v in spec.std]
     return dict(mean_r=m[0], mean_g=m[1], mean_b=m[2], std_r=s[0], std_g=s[1], std_b=s[2])
@@ -200,20 +194,8 @@ def crop_box(height: int, width: int, rng: np.random.Generator, min_area: float 
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-@dataclass
-class _Common:
-    classes: int
-    eps: float
-    form: str
-    batch_size: int
-    limit_steps: int
-
-    def targets(self, labels: np.ndarray):
-        return smooth_targets(labels, self.classes, self.eps, self.form)
-
-
 class RecordTrainStream:
-    def __init__(self, recipe, root: Path, classes: int, rank: int, workers: int):
+    def __init__(self, recipe, root: Path, rank: int, workers: int):
         import mxnet as mx
 
         spec = recipe.data
@@ -229,7 +211,6 @@ class RecordTrainStream:
         if self.steps < 1:
             raise UserError(f"{rec} holds fewer images than one batch of {self.batch_size} per worker")
         s = spec.image_size
-        self.common = _Common(classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
         augment = dict(random_resized_crop=True, min_random_area=spec.min_area, max_random_area=1.0,
                        min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3, rand_mirror=True,
                        brightness=spec.color_jitter, contrast=spec.color_jitter, saturation=spec.color_jitter,
@@ -237,7 +218,7 @@ class RecordTrainStream:
         self.iter = mx.io.ImageRecordIter(
             path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
             shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
-            preprocess_threads=os.cpu_count() or 1, **augment, **_iter_norm(spec))
+            preprocess_threads=os.cpu_count() or 1, **augment, **iter_norm(spec))
 
     def steps_per_epoch(self) -> int:
         return self.steps
@@ -258,8 +239,7 @@ class RecordTrainStream:
             except mx.MXNetError as e:
                 raise _record_error(self.rec, e) from None
             if step >= start_step:
-                labels = batch.label[0].asnumpy().astype(np.int64)
-                yield step, batch.data[0], self.common.targets(labels), labels
+                yield step, batch.data[0], batch.label[0].asnumpy().astype(np.int64)
             step += 1
 
 
@@ -283,167 +263,17 @@ class RecordTestStream:
 
         s = self.spec.image_size
         it = mx.io.ImageRecordIter(path_imgrec=str(self.rec), path_imgidx=str(self.idx), data_shape=(3, s, s),
-                                   batch_size=self.spec.batch_size, resize=_val_resize(self.spec), shuffle=False,
+                                   batch_size=self.spec.batch_size, resize=val_resize(self.spec), shuffle=False,
                                    round_batch=False, preprocess_threads=os.cpu_count() or 1,
-                                   **_iter_norm(self.spec))
-        seen = 0
-        while True:
-            try:
-                batch = it.next()
-            except StopIteration:
-                return
-            except mx.MXNetError as e:
-                raise _record_error(self.rec, e) from None
-            n = min(batch.data[0].shape[0] - batch.pad, self.n - seen)
-            if n <= 0:
-                break
-            yield batch.data[0][:n], batch.label[0][:n].asnumpy().astype(np.int64)
-            seen += n
+                                   **iter_norm(self.spec))
+        def padded():
+            while True:
+                try:
+                    batch = it.next()
+                except StopIteration:
+                    return
+                except mx.MXNetError as e:
+                    raise _record_error(self.rec, e) from None
+                yield batch.data[0], batch.label[0].asnumpy().astype(np.int64), batch.data[0].shape[0] - batch.pad
 
-
-class _Checked:
-    """An image-folder dataset whose unreadable files are named in a one-line error."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            return self.dataset[i]
-        except Exception as e:  # OpenCV/MXNet decode errors have no common type
-            path = self.dataset.items[i][0] if hasattr(self.dataset, "items") else f"item {i}"
-            raise UserError(f"unreadable image {path} ({e.__class__.__name__}); delete or replace it, "
-                            "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
-
-
-def _chain(steps):
-    """Apply transform blocks one after another. Not `transforms.Compose`: it hybridizes its
-    HybridBlock steps, and building that cached graph from the DataLoader's threads at once
-    races inside MXNet (name scopes are not thread-safe); plain calls are."""
-
-    def apply(x):
-        for step in steps:
-            x = step(x)
-        return x
-
-    return apply
-
-
-def folder_transforms(spec, train: bool):
-    from mxnet.gluon.data.vision import transforms as T
-
-    s = spec.image_size
-    if not train:
-        return _chain([T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s), T.ToTensor(),
-                       T.Normalize(spec.mean, spec.std)])
-    steps = []
-    if spec.augment != "none":
-        steps += [T.RandomResizedCrop(s, scale=(spec.min_area, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomFlipLeftRight()]
-        if spec.color_jitter > 0:
-            steps.append(T.RandomColorJitter(brightness=spec.color_jitter, contrast=spec.color_jitter,
-                                             saturation=spec.color_jitter))
-        if spec.lighting_std > 0:
-            steps.append(T.RandomLighting(spec.lighting_std))
-    else:
-        steps += [T.Resize(_val_resize(spec), keep_ratio=True), T.CenterCrop(s)]
-    return _chain(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
-
-
-def _folder(root: Path, part: str):
-    import mxnet as mx
-
-    path = root / part
-    if not path.is_dir():
-        raise UserError(f"image folder {path} not found; data.root needs train/ and val/ with one sub-folder per class")
-    return mx.gluon.data.vision.ImageFolderDataset(str(path))
-
-
-class FolderTrainStream:
-    def __init__(self, recipe, root: Path, rank: int, workers: int):
-        import mxnet as mx
-
-        spec = recipe.data
-        ds = _folder(root, "train")
-        self.classes = len(ds.synsets)
-        if workers > 1:
-            ds = ds.shard(workers, rank)
-        self.batch_size = spec.batch_size // workers
-        n = len(ds) if not spec.train_limit else min(len(ds), spec.train_limit)
-        self.steps = n // self.batch_size
-        if self.steps < 1:
-            raise UserError(f"{root / 'train'} holds fewer images than one batch of {self.batch_size}")
-        self.common = _Common(self.classes, recipe.smoothing.eps, recipe.smoothing.form, self.batch_size, self.steps)
-        # Threads, not processes: a decode error then surfaces as our one-line UserError.
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, True)),
-                                               batch_size=self.batch_size, shuffle=True, last_batch="discard",
-                                               num_workers=os.cpu_count() or 1, thread_pool=True)
-        self.seed = recipe.seed
-
-    def steps_per_epoch(self) -> int:
-        return self.steps
-
-    def epoch(self, epoch: int, start_step: int = 0):
-        np.random.seed((self.seed * 1000003 + epoch) % (2 ** 32))  # the sampler's shuffle
-        for step, (x, y) in enumerate(self.loader):
-            if step >= self.steps:
-                break
-            if step < start_step:
-                continue
-            labels = y.asnumpy().astype(np.int64)
-            yield step, x, self.common.targets(labels), labels
-
-
-class _TransformFirst:
-    def __init__(self, dataset, fn):
-        self.dataset, self.fn = dataset, fn
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return self.fn(x), y
-
-
-class FolderTestStream:
-    def __init__(self, recipe, root: Path):
-        import mxnet as mx
-
-        spec = recipe.data
-        ds = _folder(root, "val")
-        self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(_Checked(ds), folder_transforms(spec, False)),
-                                               batch_size=spec.batch_size, shuffle=False, last_batch="keep",
-                                               num_workers=os.cpu_count() or 1, thread_pool=True)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batches(self):
-        seen = 0
-        for x, y in self.loader:
-            n = min(x.shape[0], self.n - seen)
-            if n <= 0:
-                break
-            yield x[:n], y[:n].asnumpy().astype(np.int64)
-            seen += n
-
-
-def make_imagenet_streams(recipe, rank: int, workers: int):
-    spec = recipe.data
-    root = Path(spec.root) if spec.root else Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
-    if spec.dataset == "recordio":
-        classes = recipe.model.classes or read_classes(root)
-        if not classes:
-            raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
-                            "`gluon-tricks prepare`); set model.classes")
-        train = RecordTrainStream(recipe, root, classes, rank, workers)
-        test = RecordTestStream(recipe, root)
-        return train, test, classes, train.steps * spec.batch_size
-    train = FolderTrainStream(recipe, root, rank, workers)
-    classes = recipe.model.classes or train.classes
-    train.common.classes = classes
-    return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size
+        return trimmed_batches(padded(), self.n)

@@ -1,29 +1,16 @@
-"""Initialization tricks of Bag of Tricks (Sec. 3.1): zero-gamma and no bias decay."""
-from __future__ import annotations
+"""Zero-gamma (Bag of Tricks Sec. 3.1): every residual block starts as its shortcut.
 
-import re
+Also the block walkers the rest of the project uses (`descendants`, `residual_blocks`)."""
+from __future__ import annotations
 
 from mxnet import init as mx_init
 from mxnet.gluon import nn
-
-# Parameters that are not conv/dense weights: BN gamma/beta and every bias.
-NO_DECAY_PATTERN = re.compile(r".*(_gamma|_beta|_bias)$")
-
 
 def residual_blocks(net) -> list:
     """Every residual block: in GluonCV's zoo (CIFAR ResNet/ResNeXt, ResNet v1, v1b-d)
     these are exactly the blocks with a `downsample` attribute (None when the
     shortcut is the identity)."""
-    found = []
-
-    def walk(block):
-        for child in block._children.values():
-            if hasattr(child, "downsample"):
-                found.append(child)
-            walk(child)
-
-    walk(net)
-    return found
+    return [b for b in descendants(net) if hasattr(b, "downsample")]
 
 
 def last_batchnorm(block):
@@ -52,15 +39,4 @@ def zero_gamma(net) -> list[str]:
         if bn is not None:
             bn.gamma.init = mx_init.Zero()
             names.append(bn.gamma.name)
-    return names
-
-
-def no_bias_decay(net) -> list[str]:
-    """wd_mult = 0 for biases and BN gamma/beta: weight decay only on conv and dense
-    weights. Returns the names of the parameters it exempted."""
-    names = []
-    for name, p in net.collect_params().items():
-        if NO_DECAY_PATTERN.match(name):
-            p.wd_mult = 0.0
-            names.append(name)
     return names

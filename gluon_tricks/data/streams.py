@@ -1,0 +1,39 @@
+"""What every batch stream shares: the protocols the engine relies on, and the
+validation resize of the ImageNet-style readers.
+
+A train stream yields (step, images NCHW float32, int_labels) for the steps of an epoch
+from a given step on; label smoothing and mixing belong to the training step. A test
+stream yields (images, int_labels) over the whole test set, in order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Protocol
+
+
+class TrainStream(Protocol):
+    def steps_per_epoch(self) -> int: ...
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]: ...
+
+
+class TestStream(Protocol):
+    def __len__(self) -> int: ...
+
+    def batches(self) -> Iterator[tuple]: ...
+
+
+def val_resize(spec) -> int:
+    """Shorter side before the center crop: data.val_resize, else image_size x 256/224."""
+    return spec.val_resize or int(math.ceil(spec.image_size * 256 / 224))
+
+
+def trimmed_batches(batches, n: int):
+    """(images, labels) batches cut to the first `n` images in all (test_limit, padding)."""
+    seen = 0
+    for x, y, valid in batches:
+        k = min(valid, n - seen)
+        if k <= 0:
+            break
+        yield x[:k], y[:k]
+        seen += k

@@ -1,0 +1,63 @@
+"""Knowledge distillation (Hinton et al.; Bag of Tricks Sec. 5.3), weight w, temperature T:
+
+    loss = (1 - w) * CE(y, softmax(z)) + w * T^2 * KL(softmax(r/T) || softmax(z/T))
+
+z the student's logits, r the teacher's, y the (smoothed, mixed) target. GluonCV's
+`DistillationSoftmaxCrossEntropyLoss(temperature=T, hard_weight=1-w)` uses the
+cross-entropy CE(softmax(r/T), softmax(z/T)) instead of the KL divergence; the two
+differ by w * T^2 * H(softmax(r/T)), the teacher's entropy, which does not depend
+on the student: same gradients, different printed loss (tests/test_tricks.py).
+
+The training step calls one step-loss object, built once per run: `DistillStep` (which
+holds the teacher) or `losses.StudentLoss` (no teacher), so the step never asks whether
+there is a teacher. `distill.soft_weight` w is 1 - GluonCV's `--hard-weight`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from mxnet import autograd
+from mxnet.gluon import HybridBlock
+
+from gluon_tricks.tricks.losses import soft_cross_entropy_numpy
+
+
+def distillation_numpy(student, target, teacher, temperature: float, soft_weight: float) -> np.ndarray:
+    t = temperature
+    p_t = np.exp(teacher / t - (teacher / t).max(1, keepdims=True))
+    p_t /= p_t.sum(1, keepdims=True)
+    kl = soft_cross_entropy_numpy(student / t, p_t) - soft_cross_entropy_numpy(np.log(p_t), p_t)
+    return (1 - soft_weight) * soft_cross_entropy_numpy(student, target) + soft_weight * t * t * kl
+
+
+class DistillationLoss(HybridBlock):
+    """Per-sample (1-w) CE(y, z) + w T^2 KL(softmax(r/T) || softmax(z/T))."""
+
+    def __init__(self, temperature: float = 20.0, soft_weight: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.t, self.w = float(temperature), float(soft_weight)
+
+    def hybrid_forward(self, F, logits, target, teacher_logits):
+        logits = F.cast(logits, "float32")
+        teacher_logits = F.cast(teacher_logits, "float32")
+        hard = -F.sum(target * F.log_softmax(logits, axis=-1), axis=-1)
+        log_p_teacher = F.log_softmax(teacher_logits / self.t, axis=-1)
+        log_p_student = F.log_softmax(logits / self.t, axis=-1)
+        kl = F.sum(F.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+        return (1 - self.w) * hard + self.w * self.t * self.t * kl
+
+
+class DistillStep:
+    """The step's loss with a teacher: the teacher predicts on exactly the images the
+    student sees (mixed, if mixing is on) in inference mode and outside the recorded
+    graph, so no gradient or BatchNorm update reaches it."""
+
+    def __init__(self, teacher, temperature: float, soft_weight: float):
+        self.teacher = teacher
+        self.loss = DistillationLoss(temperature, soft_weight)
+        self.loss.hybridize(static_alloc=True, static_shape=True)
+
+    def __call__(self, net, xs, ys) -> list:
+        teacher_logits = [self.teacher(x) for x in xs]
+        with autograd.record():
+            outs = [net(x) for x in xs]
+            return [self.loss(o, y, t) for o, y, t in zip(outs, ys, teacher_logits)]
