@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from gluon_tricks._compat import tomllib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gluon_tricks._compat import tomllib
 from gluon_tricks.errors import UserError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -80,6 +81,10 @@ class ScheduleSpec:
     # Tricks; GluonCV's ImageNet script subtracts the warm-up for this). "warmup_end": after the
     # warm-up, as GluonCV's LRSequential runs a step LRScheduler that the follow-up's code built.
     decay_from: str = "start"
+    # "iteration": a linear ramp from warmup_start_lr at every step (Bag of Tricks, GluonCV).
+    # "epoch": lr * (i + 1) / warmup_epochs through epoch i, from lr / warmup_epochs (the
+    # Food-101 tutorial's optimizer_step).
+    warmup_every: str = "iteration"
 
 
 @dataclass
@@ -107,7 +112,10 @@ class MixupSpec:
 
 @dataclass
 class DistillSpec:
-    teacher: str = ""  # "" = off; a zoo name (pretrained weights) or a path to a .params file
+    # "" = off; a zoo name (its default pretrained weights), a zoo name with a weights tag,
+    # "<zoo name>:<first 8 hex digits of the weights' sha1>" (GluonCV's `pretrained='<tag>'`,
+    # e.g. "resnet152_v1d:cfe0220d"), or a path to a .params file
+    teacher: str = ""
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
     temperature: float = 20.0
     soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
@@ -151,12 +159,14 @@ CHOICES = {
     "optim.name": {"nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"},
     "schedule.kind": {"step", "cosine", "poly", "constant"},
     "schedule.decay_from": {"start", "warmup_end"},
+    "schedule.warmup_every": {"iteration", "epoch"},
     "smoothing.form": {"gluoncv", "paper"},
     "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
     "mixup.partner": {"reversed", "random"},
     "mixup.label_weight": {"lambda", "area"},
     "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
 }
+ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
 MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
 # Sections that say how to run, not what to compute.
 NOT_IDENTITY = {"name", "description", "system"}
@@ -233,6 +243,11 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
+    teacher = r.distill.teacher
+    if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
+            and not ZOO_TAG.fullmatch(teacher):
+        problems.append(f"distill.teacher = {teacher!r}: a zoo teacher with a weights tag is written "
+                        "<zoo name>:<8 hex digits>, e.g. resnet152_v1d:cfe0220d")
     bad_choices = set(r.mixup.choices) - MIX_KINDS
     if bad_choices or not r.mixup.choices:
         problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")
@@ -384,7 +399,9 @@ def unused_settings(recipe: Recipe) -> list[str]:
     if s["kind"] not in ("cosine", "poly"):
         out.append("schedule.final_lr")
     if s["warmup_epochs"] == 0:
-        out.append("schedule.warmup_start_lr")
+        out += ["schedule.warmup_start_lr", "schedule.warmup_every"]
+    elif s["warmup_every"] == "epoch":
+        out.append("schedule.warmup_start_lr")  # the per-epoch form starts at lr / warmup_epochs
     if d["smoothing"]["eps"] == 0:
         out.append("smoothing.form")  # both forms give the one-hot target at eps 0
     kinds = _mix_kinds(m)

@@ -6,12 +6,18 @@ A table lives in `recipes/<name>/table.toml`:
     set = ["data.fine_labels=true"]   # optional: overrides for every row (e.g. a fine-label twin)
     seeds = 3                          # optional: default seeds per row
     out_of_scope = "..."               # optional: listed for its numbers, never run
+    provenance = "..."                 # optional: the default of every row's provenance
 
     [[rows]]
     label = "+ cosine decay"
     recipe = "cosine.toml"             # relative to the table file
     set = ["model.name=inceptionv3"]   # optional: overrides for this row
     paper = { csv = "followup_table3_refinements.csv", row = "+ cosine decay" }
+    note = "..."                       # optional: printed under the table
+    provenance = "code: <repo>@<commit> <file>"  # where the row's settings come from, one line:
+                                       # the code at a commit, the paper's text, or "chosen: why"
+
+A row with `listed = "why"` instead of `recipe` is another paper's number, shown but never run.
 
 Paper numbers are never typed into a table: `paper` points at a row of a CSV in
 gluon_tricks/paper_numbers/ (`row` matches the first column, or `match = {col = value}`
@@ -43,6 +49,8 @@ class Row:
     paper: dict = field(default_factory=dict)  # top1, top5 (+ _std, _alt) where printed
     sets: list = field(default_factory=list)
     note: str = ""
+    provenance: str = ""  # where the settings come from: code at a commit, the paper's text, or chosen
+    listed: str = ""  # not run: why (e.g. another paper's model); the row shows its numbers only
 
 
 @dataclass
@@ -65,7 +73,7 @@ def read_csv(name: str) -> list[dict]:
 
 
 def _number(text):
-    """A CSV cell: a float, a printed range such as '72.6-75.1' kept as text, or None."""
+    """A CSV cell: a float, a printed range such as "72.63-75.12" kept as text, or None."""
     if text is None or text.strip() == "":
         return None
     try:
@@ -115,11 +123,14 @@ def load_table(root: Path, name: str) -> Table:
     rows = []
     for i, r in enumerate(raw.get("rows", [])):
         where = f"{path} row {i + 1}"
-        if "label" not in r or ("recipe" not in r and not out_of_scope):
-            raise UserError(f"{where}: needs `label` and `recipe`")
+        if "label" not in r or ("recipe" not in r and not out_of_scope and not r.get("listed")):
+            raise UserError(f"{where}: needs `label` and `recipe` (or `listed = \"why it is not run\"`)")
+        if "recipe" in r and r.get("listed"):
+            raise UserError(f"{where}: a row is either run (`recipe`) or `listed`, not both")
         paper = paper_numbers(r["paper"], where) if "paper" in r else {}
         recipe = path.parent / r["recipe"] if "recipe" in r else None
-        rows.append(Row(r["label"], recipe, paper, common + list(r.get("set", [])), r.get("note", "")))
+        rows.append(Row(r["label"], recipe, paper, common + list(r.get("set", [])), r.get("note", ""),
+                        r.get("provenance", "" if r.get("listed") else raw.get("provenance", "")), r.get("listed", "")))
     return Table(name, raw.get("title", name), rows, raw.get("note", ""), path, int(raw.get("seeds", 1)),
                  out_of_scope)
 
@@ -168,9 +179,10 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
     seeds = seeds or table.seeds
     out = []
     for row in table.rows:
-        results, runs = [], []
+        results, runs, hashes = [], [], []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
-            found = find_result(content_hash(recipe), runs_root)
+            hashes.append(content_hash(recipe))
+            found = find_result(hashes[-1], runs_root)
             if found:
                 runs.append(found[0])
                 results.append(found[1])
@@ -185,13 +197,18 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             "epochs_scale": epochs_scale,
             "hardware": results[0]["hardware"] if results else None,
             "note": row.note,
+            "provenance": row.provenance,
+            "listed": row.listed,
+            "hashes": hashes,
             "recipe": str(row.recipe_path) if row.recipe_path else "",
             "metrics": [RunDir(p).read_metrics() for p in runs],
         })
     return out
 
 
-def _fmt(mean, std, runs) -> str:
+def _fmt(mean, std, runs, listed: str = "") -> str:
+    if listed:
+        return "listed"
     if mean is None:
         return "not run"
     return f"{mean:.2f}" if runs < 2 else f"{mean:.2f} ± {std:.2f}"
@@ -223,9 +240,9 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
     body = []
     for r in rows:
         body.append([
-            r["label"], "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"]),
+            r["label"], "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], r["listed"]),
             _paper(r, "top1"), _diff(r["top1"], r.get("paper_top1")),
-            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"]),
+            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"], r["listed"]),
             _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
@@ -243,16 +260,20 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
         notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
     if table.note:
         notes.append(table.note)
+    notes += shared_result_notes(rows)
+    row_notes = [row_note(r) for r in rows]
     if fmt == "csv":
         import io
 
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
-                    "seconds_per_epoch", "runs", "epochs_scale"])
+                    "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"])
         for r in rows:
+            note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", r["note"]) if x)
             w.writerow([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
-                        r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"]])
+                        r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
+                        r["provenance"]])
         return buf.getvalue().rstrip("\n")
     if fmt == "latex":
         def esc(s):
@@ -261,7 +282,9 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
         lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
                  r"\toprule", " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + esc(table.title) + "}", r"\end{table}"]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [r"\par\smallskip{\footnotesize " + esc(n) + "}" for n in notes + [n for n in row_notes if n]]
+        lines += [r"\caption{" + esc(table.title) + "}", r"\end{table}"]
         return "\n".join(lines)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = [f"### {table.title}", "",
@@ -270,7 +293,38 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    if any(row_notes):
+        lines += ["", "Rows: notes and where their settings come from", ""]
+        lines += [f"- {n}" for n in row_notes if n]
     return "\n".join(lines)
+
+
+def row_note(r: dict) -> str:
+    """One line per row: its label, why it is not run, its note, and its provenance."""
+    parts = [f"listed, not run: {r['listed']}" if r["listed"] else "", r["note"],
+             f"settings: {r['provenance']}" if r["provenance"] else ""]
+    parts = [p for p in parts if p]
+    return f"{r['label']}: " + "; ".join(parts) if parts else ""
+
+
+def shared_result_notes(rows: list[dict]) -> list[str]:
+    """Rows whose recipes resolve to one training share one result; the paper printed a number
+    for each, so together they give two runs of one configuration: its run-to-run spread."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["hashes"]:
+            groups.setdefault(tuple(r["hashes"]), []).append(r)
+    notes = []
+    for same in groups.values():
+        if len(same) < 2:
+            continue
+        printed = [" / ".join(x for x in (_paper(r, "top1"), _paper(r, "top5")) if x) for r in same]
+        text = " and ".join(f'"{r["label"]}"' for r in same) + " are one training (one result)"
+        if sum(1 for p in printed if p) >= 2:
+            text += "; the paper printed " + " and ".join(p for p in printed if p) + \
+                    " for it: two runs of one configuration, i.e. its run-to-run spread"
+        notes.append(text)
+    return notes
 
 
 def list_tables(root: Path, runs_root=None) -> list[str]:
@@ -281,5 +335,6 @@ def list_tables(root: Path, runs_root=None) -> list[str]:
             out.append(f"{name:<24} out of scope       {t.title}")
             continue
         done = sum(1 for r in collect(t, runs_root=runs_root) if r["runs"])
-        out.append(f"{name:<24} {done}/{len(t.rows)} rows run  {t.title}")
+        runnable = sum(1 for r in t.rows if r.recipe_path is not None)
+        out.append(f"{name:<24} {done}/{runnable} rows run  {t.title}")
     return out

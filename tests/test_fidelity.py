@@ -124,7 +124,8 @@ PINNED_DEFAULTS = {
     "optim": {"name": "nag", "lr": 0.1, "momentum": 0.9, "wd": 1e-4, "no_bias_decay": False,
               "linear_scaling": False, "lr_reference_batch": 256, "loss_scale": "none", "epsilon": 0.0},
     "schedule": {"kind": "step", "decay_epochs": [30, 60, 90], "decay_factor": 0.1, "power": 2.0,
-                 "warmup_epochs": 0, "warmup_start_lr": 0.0, "final_lr": 0.0, "decay_from": "start"},
+                 "warmup_epochs": 0, "warmup_start_lr": 0.0, "final_lr": 0.0, "decay_from": "start",
+                 "warmup_every": "iteration"},
     "smoothing": {"eps": 0.0, "form": "gluoncv"},
     "mixup": {"kind": "none", "alpha": 0.2, "partner": "reversed", "min_lambda": 0.0,
               "min_lambda_kinds": ["stitch_height", "stitch_width"], "label_weight": "lambda",
@@ -224,7 +225,7 @@ def lr_per_epoch(r, iters_per_epoch: int = 4) -> list[float]:
 def test_table2_adaptive_optimizers_as_their_code_ran():
     import mxnet as mx
 
-    from gluon_tricks.engine import make_optimizer
+    from gluon_tricks.tricks.optim import make_optimizer
 
     rows = {row.label: row_recipes(row, 1, 1.0)[0] for row in load_table(ROOT, "followup/table2").rows}
     # the optimizer scripts at HEAD: decay commented out, no wd passed (MXNet's 0), lr 1e-3
@@ -320,3 +321,107 @@ def test_a_row_switches_mixup_off_for_the_last_20_epochs_with_a_20_epoch_warmup(
     # the follow-up / GluonCV rule: lam = 1 when epoch >= epochs - mixup_off_epochs
     assert [mixer.active(e) for e in range(r.epochs)] == [e < r.epochs - 20 for e in range(r.epochs)]
     assert r.schedule.warmup_epochs == 20
+
+
+# --- F8: the "distill w/o mixup" teacher is GluonCV's non-mixup ResNet-152-D --------------
+
+def test_bot_teachers_are_the_zoo_tags_the_paper_describes():
+    from gluoncv.model_zoo.model_store import short_hash
+
+    t6 = load_table(ROOT, "bot/table6")
+    teachers = {row.label: row_recipes(row, 1, 1.0)[0].distill.teacher for row in t6.rows if "+ distill" in row.label}
+    assert len(teachers) == 6
+    # GluonCV's ResNet.csv: tag cfe0220d is ResNet-152-D with cosine + label smoothing (80.26 / 95.00);
+    # its default weights (resnet152_v1d-mixup.sh, 80.61 / 95.34) are the mixup teacher
+    default_tag = short_hash("resnet152_v1d")
+    assert default_tag == "cddbc86f"
+    for label, teacher in teachers.items():
+        expected = f"resnet152_v1d:{default_tag}" if "w/ mixup" in label else "resnet152_v1d:cfe0220d"
+        assert teacher == expected, label
+
+
+def test_a_teacher_tag_must_be_eight_hex_digits(tmp_path):
+    from gluon_tricks.errors import UserError
+
+    assert recipe("bot/table6/distill.toml", ['distill.teacher="mobilenet1.0:0123abcd"']).distill.teacher
+    for bad in ("resnet152_v1d:cfe022", "resnet152_v1d:CFE0220D", "resnet152_v1d:", ":cfe0220d"):
+        with pytest.raises(UserError, match=r"<zoo name>:<8 hex digits>"):
+            recipe("bot/table6/distill.toml", [f'distill.teacher="{bad}"'])
+
+
+# --- F9: Bag of Tricks' exact normalization ----------------------------------------------
+
+def test_bot_rows_normalize_with_the_papers_pixel_constants():
+    # Bag of Tricks Sec. 2 and GluonCV's train_imagenet.py; the iterator multiplies by 255
+    rows = [r for name in table_names(ROOT) if name.startswith("bot/")
+            for row in load_table(ROOT, name).rows for r in row_recipes(row, 1, 1.0)]
+    assert len(rows) >= 30
+    for r in rows:
+        assert [m * 255 for m in r.data.mean] == pytest.approx([123.68, 116.779, 103.939], abs=1e-9), r.name
+        assert [s * 255 for s in r.data.std] == pytest.approx([58.393, 57.12, 57.375], abs=1e-9), r.name
+
+
+# --- F10: Food-101 values the tutorial never gives are marked chosen; its teacher; warm-up --
+
+def test_food101_values_the_tutorial_does_not_give_are_marked_chosen():
+    from gluon_tricks._compat import tomllib
+
+    unsourced = {("smoothing", "eps"), ("mixup", "alpha"), ("distill", "temperature"), ("distill", "soft_weight"),
+                 ("distill", "teacher_model")}
+    files = sorted((ROOT / "food101").rglob("*.toml")) + [TEACHER / "food101_resnet50_teacher.toml"]
+    checked = 0
+    for p in files:
+        if p.name == "table.toml":
+            continue
+        raw = tomllib.loads(p.read_text())
+        comments = " ".join(line for line in p.read_text().splitlines() if line.lstrip().startswith("#"))
+        for section, key in unsourced:
+            if key in raw.get(section, {}):
+                checked += 1
+                assert "chosen" in comments.lower(), (p.name, section, key)
+    assert checked >= 8
+
+
+def test_food101_warmup_is_the_tutorials_per_epoch_ramp():
+    from gluon_tricks.tricks.schedules import lr_curve
+
+    n = 5
+    r = recipe("food101/table8/warmup.toml")
+    curve = lr_curve(r, n)
+    # the tutorial: lr * (epoch + 1) / 6 while epoch < 6, then 1e-4, 1e-5 from 15, 1e-6 from 30
+    for epoch in range(r.epochs):
+        if epoch < 6:
+            want = 1e-4 * (epoch + 1) / 6
+        else:
+            want = 1e-4 * 0.1 ** ((epoch >= 15) + (epoch >= 30))
+        assert curve[epoch * n:(epoch + 1) * n] == pytest.approx([want] * n, rel=1e-12), epoch
+
+
+def test_food101_teacher_recipe_trains_what_the_distillation_rows_load():
+    t = load_recipe(TEACHER / "food101_resnet50_teacher.toml")
+    student = recipe("food101/table8/distill.toml")
+    assert t.model.name == student.distill.teacher_model and t.model.pretrained
+    # the tutorial: the teacher used label smoothing, cosine annealing and linear warm-up
+    assert (t.schedule.kind, t.schedule.warmup_epochs > 0, t.smoothing.eps > 0) == ("cosine", True, True)
+    assert (t.data.root, t.data.dataset) == (student.data.root, student.data.dataset)
+    assert "food101_resnet50.params" in student.distill.teacher
+
+
+# --- F12.3: every fine-label anchor names the public source it comes from -----------------
+
+def test_every_fine_anchor_names_its_primary_source():
+    import csv
+    import re
+
+    from gluon_tricks.tables import PAPER_NUMBERS
+
+    with open(PAPER_NUMBERS / "followup_fine_anchors.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        source = row["source"]
+        assert re.search(r"\b[\w.-]+/[\w.-]+\b", source), row["row"]  # an owner/repository
+        for text in row["top1"].split("-"):
+            n = float(text)
+            # the zoo prints either the accuracy or the error rate
+            assert f"{n:.2f}" in source or f"{100 - n:.2f}%" in source, (row["row"], n)

@@ -99,3 +99,17 @@ def test_scale_epochs_keeps_schedule_shape():
 def test_valid_keys_cover_sections():
     keys = valid_keys()
     assert "optim.lr" in keys and "mixup.partner" in keys and "distill.temperature" in keys
+
+
+def test_new_keys_are_checked(tmp_path):
+    with pytest.raises(UserError, match="schedule.decay_from = 'end' is not one of: start, warmup_end"):
+        load_recipe(write(tmp_path / "a.toml", '[schedule]\ndecay_from = "end"\n'))
+    with pytest.raises(UserError, match="mixup.min_lambda_kinds may list only"):
+        load_recipe(write(tmp_path / "b.toml", '[mixup]\nmin_lambda_kinds = ["tile"]\n'))
+    with pytest.raises(UserError, match="optim.epsilon is for adam, nadam, rmsprop, adadelta; nag takes none"):
+        load_recipe(write(tmp_path / "c.toml", '[optim]\nepsilon = 1e-7\n'))
+    with pytest.raises(UserError, match="optim.epsilon must be >= 0"):
+        load_recipe(write(tmp_path / "d.toml", '[optim]\nname = "adam"\nepsilon = -1.0\n'))
+    r = load_recipe(write(tmp_path / "e.toml", '[optim]\nname = "adam"\nepsilon = 1e-7\n'
+                                                '[distill]\nteacher = "resnet152_v1d:cfe0220d"\n'))
+    assert r.optim.epsilon == 1e-7 and r.distill.teacher == "resnet152_v1d:cfe0220d"

@@ -86,3 +86,18 @@ def test_lr_curve_from_recipe():
     curve = lr_curve(r, 5)
     assert len(curve) == 20 and curve[0] == 0.0 and max(curve) == pytest.approx(0.1)
     assert schedule_args(r)["kind"] == "cosine"
+
+
+def test_step_decay_counted_from_the_warmup_end():
+    # hand computation: 2-epoch warm-up, decay epochs 3 and 5 counted after it -> drops at 5 and 7
+    lrs = [lr_at(t, "step", 0.1, IPE, 10, warmup_epochs=2, decay_epochs=(3, 5), decay_from="warmup_end")
+           for t in range(0, 10 * IPE, IPE)]
+    assert lrs == pytest.approx([0.0, 0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001])
+    absolute = [lr_at(t, "step", 0.1, IPE, 10, warmup_epochs=2, decay_epochs=(3, 5)) for t in range(0, 10 * IPE, IPE)]
+    assert absolute == pytest.approx([0.0, 0.05, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001, 0.001, 0.001])
+
+
+def test_per_epoch_warmup_and_constant_schedule():
+    # the Food-101 tutorial: lr * (epoch + 1) / m through epoch < m, the same at every step of an epoch
+    lrs = [lr_at(t, "constant", 1e-4, IPE, 6, warmup_epochs=3, warmup_every="epoch") for t in range(6 * IPE)]
+    assert lrs == pytest.approx([1e-4 / 3] * IPE + [2e-4 / 3] * IPE + [1e-4] * 4 * IPE)

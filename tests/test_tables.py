@@ -202,3 +202,64 @@ def test_bad_paper_reference(tmp_path):
         '[[rows]]\nlabel = "x"\nrecipe = "x.toml"\npaper = { csv = "followup_table3_refinements.csv", row = "nope" }\n')
     with pytest.raises(UserError, match="matches 0 rows"):
         load_table(tmp_path, "t")
+
+
+def test_rows_print_their_notes_provenance_and_shared_results(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.toml").write_text('name = "a"\n[schedule]\nkind = "cosine"\ndecay_epochs = [30, 60, 90]\n')
+    (tmp_path / "t" / "b.toml").write_text('name = "b"\n[schedule]\nkind = "cosine"\ndecay_epochs = [40, 80]\n')
+    (tmp_path / "t" / "table.toml").write_text(
+        'title = "tiny"\nprovenance = "paper text (Sec. 9)"\n'
+        '[[rows]]\nlabel = "other paper"\nlisted = "Someone et al. 2017"\n'
+        'paper = { csv = "bot_table1_comparison.csv", row = "ResNeXt-50" }\n'
+        '[[rows]]\nlabel = "A"\nrecipe = "a.toml"\nnote = "first run"\n'
+        'paper = { csv = "followup_table4_schedules.csv", match = {schedule = "cosine", decay_epochs = "30,60,90", '
+        'warmup_epochs = "20"}, top5 = "" }\n'
+        '[[rows]]\nlabel = "B"\nrecipe = "b.toml"\nprovenance = "chosen: a reason"\n'
+        'paper = { csv = "followup_table4_schedules.csv", match = {schedule = "cosine", decay_epochs = "40,80", '
+        'warmup_epochs = "20"}, top5 = "" }\n')
+    table = load_table(tmp_path, "t")
+    md = render(table, "md", runs_root=tmp_path / "runs")
+    assert "| other paper" in md and "listed" in md and "77.80" in md
+    assert "- other paper: listed, not run: Someone et al. 2017" in md
+    assert "- A: first run; settings: paper text (Sec. 9)" in md
+    assert "- B: settings: chosen: a reason" in md
+    # cosine ignores decay epochs: one training, and both numbers the paper printed for it (its Table IV)
+    assert '"A" and "B" are one training' in md and "76.99 and 76.54" in md
+    parsed = list(csv.DictReader(io.StringIO(render(table, "csv", runs_root=tmp_path / "runs"))))
+    assert [(p["note"], p["provenance"]) for p in parsed] == [
+        ("listed: Someone et al. 2017", ""), ("first run", "paper text (Sec. 9)"), ("", "chosen: a reason")]
+    latex = render(table, "latex", runs_root=tmp_path / "runs")
+    assert "settings: chosen: a reason" in latex and latex.index("chosen: a reason") < latex.index(r"\end{table}")
+    with pytest.raises(UserError, match="either run"):
+        (tmp_path / "t" / "table.toml").write_text('[[rows]]\nlabel = "x"\nrecipe = "a.toml"\nlisted = "why"\n')
+        load_table(tmp_path, "t")
+
+
+def test_every_shipped_row_says_where_its_settings_come_from():
+    root = recipes_root()
+    for name in table_names(root):
+        table = load_table(root, name)
+        if table.out_of_scope:
+            continue
+        for row in table.rows:
+            if row.listed:
+                continue
+            p = row.provenance
+            assert p.startswith(("code: ", "paper text", "tutorial text", "chosen: ")), (name, row.label, p)
+            assert "\n" not in p and len(p) <= 200, (name, row.label)
+
+
+def test_bot_table1_tricks_row_is_table6s_last_resnet50d_row():
+    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.tables import row_recipes
+
+    root = recipes_root()
+    t1 = load_table(root, "bot/table1")
+    run = [row for row in t1.rows if not row.listed]
+    assert len(run) == 1 and run[0].paper == {"top1": 79.29, "top5": 94.63}
+    assert {row.label for row in t1.rows if row.listed} == {"ResNet-50", "ResNeXt-50", "SE-ResNet-50",
+                                                             "SE-ResNeXt-50", "DenseNet-201"}
+    t6 = load_table(root, "bot/table6")
+    last_d = [row for row in t6.rows if row.label.startswith("ResNet-50-D")][-1]
+    assert content_hash(row_recipes(run[0], 1, 1.0)[0]) == content_hash(row_recipes(last_d, 1, 1.0)[0])

@@ -16,10 +16,13 @@ import math
 
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
           warmup_start_lr: float = 0.0, decay_epochs=(30, 60, 90), decay_factor: float = 0.1,
-          power: float = 2.0, final_lr: float = 0.0, decay_from: str = "start") -> float:
+          power: float = 2.0, final_lr: float = 0.0, decay_from: str = "start",
+          warmup_every: str = "iteration") -> float:
     """The learning rate of iteration t (0-based).
 
-    - warm-up: linear from warmup_start_lr at t=0 towards base_lr over warmup_epochs;
+    - warm-up: linear from warmup_start_lr at t=0 towards base_lr over warmup_epochs, per
+      iteration; or, warmup_every "epoch", base_lr * (i + 1) / warmup_epochs in epoch i (the
+      Food-101 tutorial);
     - step: base_lr * decay_factor**(number of decay epochs passed), counted from the
       start of training (decay_from "start": Bag of Tricks, GluonCV's ImageNet script) or
       from the end of the warm-up (decay_from "warmup_end": GluonCV's LRSequential of a
@@ -30,6 +33,8 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
     """
     warm = warmup_epochs * iters_per_epoch
     if t < warm:
+        if warmup_every == "epoch":
+            return base_lr * (t // iters_per_epoch + 1) / warmup_epochs
         return warmup_start_lr + (base_lr - warmup_start_lr) * t / warm
     if kind == "constant":
         return base_lr
@@ -53,7 +58,8 @@ def schedule_args(recipe) -> dict:
     s = recipe.schedule
     return dict(kind=s.kind, base_lr=scaled_lr(recipe), epochs=recipe.epochs, warmup_epochs=s.warmup_epochs,
                 warmup_start_lr=s.warmup_start_lr, decay_epochs=tuple(s.decay_epochs),
-                decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr, decay_from=s.decay_from)
+                decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr, decay_from=s.decay_from,
+                warmup_every=s.warmup_every)
 
 
 def scaled_lr(recipe) -> float:
