@@ -19,7 +19,21 @@ CORE = [
 ]
 # Exactly one MXNet build: the CPU wheel here, the CUDA 11.2 wheel on GPU machines.
 MXNET_CPU = ["mxnet==1.9.1"]
-MXNET_GPU = ["mxnet-cu112==1.9.1"]
+# The CUDA 11 libraries libmxnet.so links against (its NEEDED list, read off the 1.9.1 wheel), from
+# NVIDIA's pip packages, so a host needs only the driver; gluon_tricks.cuda_libs preloads them.
+# cuDNN is held at 8.x: 9.x changes the soname to libcudnn.so.9.
+MXNET_GPU = [
+    "mxnet-cu112==1.9.1",
+    "nvidia-cuda-runtime-cu11==11.8.89",
+    "nvidia-cublas-cu11==11.11.3.6",
+    "nvidia-cufft-cu11==10.9.0.58",
+    "nvidia-curand-cu11==10.3.0.86",
+    "nvidia-cusolver-cu11==11.4.1.48",
+    "nvidia-cuda-nvrtc-cu11==11.8.89",
+    "nvidia-nvtx-cu11==11.8.86",
+    "nvidia-cudnn-cu11==8.9.6.50",
+    "nvidia-nccl-cu11==2.21.5",
+]
 TEST = ["pytest>=7", "hypothesis>=6.80"]
 
 setup(

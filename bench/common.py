@@ -49,15 +49,34 @@ def record(name: str, rows: list[dict]) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(rows, indent=2))
 
 
+TABLE_HEAD = ["| benchmark | ours | reference | ratio | goal | met | note |", "|---|---|---|---|---|---|---|"]
+
+
+def format_row(r: dict) -> str:
+    """One benchmark row as a markdown table line (the one formatter: console and results.md)."""
+    ref = "" if r.get("reference") is None else f"{r['reference']:.4g}"
+    ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
+    return (f"| {r['benchmark']} | {r['ours']:.4g} {r.get('unit', '')} | {ref} | {ratio} | "
+            f"{r.get('goal', '')} | {'yes' if r.get('met') else 'no'} | {r.get('detail', '')} |")
+
+
 def print_table(title: str, rows: list[dict]) -> None:
     print(f"\n## {title}\n")
-    print("| benchmark | ours | reference | ratio | goal | met | note |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ref = "" if r.get("reference") is None else f"{r['reference']:.4g}"
-        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
-        print(f"| {r['benchmark']} | {r['ours']:.4g} {r.get('unit', '')} | {ref} | {ratio} | "
-              f"{r.get('goal', '')} | {'yes' if r.get('met') else 'no'} | {r.get('detail', '')} |")
+    for line in TABLE_HEAD + [format_row(r) for r in rows]:
+        print(line)
+
+
+def in_subprocess(script: str, *args: str, timeout: float = 1800):
+    """Run `python script *args` and return the JSON it prints last, or None if it crashed:
+    a reference that segfaults is reported as such instead of ending the whole bench."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, script, *args], cwd=Path(__file__).parent, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode:
+        note(f"{script} {' '.join(args)} exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def reference_cifar_transform(color: bool = True):
@@ -77,13 +96,13 @@ def reference_cifar_transform(color: bool = True):
     return transforms.Compose(steps)
 
 
-def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True):
+def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True, threads: bool = False):
     import mxnet as mx
 
     dataset = mx.gluon.data.ArrayDataset(mx.nd.array(images, dtype="uint8"), labels.astype("float32"))
     return mx.gluon.data.DataLoader(dataset.transform_first(reference_cifar_transform(color)),
                                     batch_size=batch_size, shuffle=True, last_batch="discard",
-                                    num_workers=workers)
+                                    num_workers=workers, thread_pool=threads)
 
 
 def mini_cifar():

@@ -43,8 +43,7 @@ def ours_rate(images, labels, threads: int) -> float:
     return median_rate(run, steps * BATCH)
 
 
-def reference_rate(images, labels, workers: int) -> float:
-    loader = reference_loader(images, labels, BATCH, workers)
+def reference_rate(loader, images, workers: int) -> float:
     n = (len(images) // BATCH) * BATCH
 
     def run():
@@ -58,14 +57,24 @@ def main():
     data = mini_cifar()
     images, labels = data.images, data.labels
     n = cores()
-    ours1, ref1 = ours_rate(images, labels, 1), reference_rate(images, labels, 0)
-    oursn, refn = ours_rate(images, labels, n), reference_rate(images, labels, n)
+    # The multi-worker reference forks its worker processes when created: do it before anything
+    # has started MXNet's OpenMP threads (a fork after them can segfault; see train_step.py).
+    loader_n = reference_loader(images, labels, BATCH, n)
+    loader_1 = reference_loader(images, labels, BATCH, 0)
+    ours1, ref1 = ours_rate(images, labels, 1), reference_rate(loader_1, images, 0)
+    oursn = ours_rate(images, labels, n)
+    ref_note = ""
+    try:
+        refn = reference_rate(loader_n, images, n)
+    except Exception as e:  # a forked worker segfaulted: the DataLoader times out (see train_step.py)
+        ref_note = f"reference with thread workers ({e.__class__.__name__} with process workers): flatters ours"
+        refn = reference_rate(reference_loader(images, labels, BATCH, n, threads=True), images, n)
     rows = [
         {"benchmark": "input pipeline, 1 core (img/s)", "ours": ours1, "reference": ref1, "ratio": ours1 / ref1,
          "unit": "img/s", "goal": ">= 20x", "met": ours1 / ref1 >= 20},
         {"benchmark": f"input pipeline, {n} cores (img/s)", "ours": oursn, "reference": refn,
          "ratio": oursn / refn, "unit": "img/s", "goal": f"> 20,000 img/s on {n} cores",
-         "met": oursn > 20000},
+         "met": oursn > 20000, "detail": ref_note},
     ]
     print_table("Input pipeline (CIFAR, follow-up augmentation, batch 128)", rows)
     record("input_pipeline", rows)

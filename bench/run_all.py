@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import TABLE_HEAD, format_row
+
 HERE = Path(__file__).parent
 BENCHES = ["input_pipeline.py", "train_step.py", "tricks_overhead.py", "recordio.py"]
 
@@ -33,13 +35,7 @@ def main() -> int:
             rows += json.loads(f.read_text())
     lines = ["# Benchmark results", "",
              "Measured side by side in one run on this machine; ratios matter, absolute numbers do not.",
-             "Regenerate with `make bench`.", "",
-             "| benchmark | ours | reference | ratio | goal | met | note |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ref = "" if r.get("reference") is None else f"{r['reference']:.4g}"
-        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}x"
-        lines.append(f"| {r['benchmark']} | {r['ours']:.4g} {r.get('unit', '')} | {ref} | {ratio} | "
-                     f"{r.get('goal', '')} | {'yes' if r.get('met') else 'no'} | {r.get('detail', '')} |")
+             "Regenerate with `make bench`.", ""] + TABLE_HEAD + [format_row(r) for r in rows]
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     (HERE / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {HERE / 'results.md'} ({len(rows)} rows)")

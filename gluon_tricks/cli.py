@@ -1,7 +1,7 @@
 """gluon-tricks: train the recipes of Bag of Tricks and its follow-up; print their tables.
 
 Commands: train, prepare, launch, check-records, export, recipes, tables, table,
-plot, schedule (`gluon-tricks COMMAND --help` for each).
+plot, schedule, doctor (`gluon-tricks COMMAND --help` for each).
 
 User errors end as one line on stderr and exit status 2; Ctrl-C saves a
 checkpoint and exits 130. MXNet is imported only by the commands that train.
@@ -27,12 +27,15 @@ def recipes_root() -> Path:
 def resolve_recipe_path(text: str) -> Path:
     """A path as given, or a name relative to recipes/ (with or without .toml)."""
     p = Path(text)
-    if p.is_file():
-        return p
-    for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
-        if candidate.is_file():
-            return candidate
-    return p  # load_recipe reports it as missing
+    try:
+        if p.is_file():
+            return p
+        for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
+            if candidate.is_file():
+                return candidate
+    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
+        pass
+    return p  # load_recipe reports it as missing or unreadable
 
 
 def _overrides(args) -> list[str]:
@@ -89,7 +92,7 @@ def cmd_table(args) -> int:
     table = load_table(recipes_root(), args.name)
     if args.run:
         run_table(table, seeds=args.seeds, epochs_scale=args.epochs_scale, runs_root=args.runs,
-                  overrides=_overrides(args), progress=not args.quiet)
+                  overrides=_overrides(args), progress=not args.quiet, parallel=args.parallel)
     print(render(table, fmt=args.format, seeds=args.seeds, epochs_scale=args.epochs_scale,
                  runs_root=args.runs, overrides=_overrides(args)))
     return 0
@@ -135,6 +138,7 @@ def cmd_plot(args) -> int:
 
 def cmd_prepare(args) -> int:
     from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.errors import shown
 
     info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
                    workers=args.workers, progress=not args.quiet)
@@ -143,7 +147,7 @@ def cmd_prepare(args) -> int:
         print(f"skipped {len(info['skipped'])} unreadable image(s), listed in {args.out_prefix}.skipped.txt:",
               file=sys.stderr)
         for rel in info["skipped"][:20]:
-            print(f"  {rel}", file=sys.stderr)
+            print(f"  {shown(rel)}", file=sys.stderr)
     return 0
 
 
@@ -167,8 +171,45 @@ def cmd_check_records(args) -> int:
     return 1 if info["bad"] and not args.repair else 0
 
 
+def cmd_doctor(args) -> int:
+    from gluon_tricks.doctor import run
+
+    return run()
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        from gluon_tricks.errors import shown
+
+        self.exit(2, f"{self.prog}: error: {shown(message)}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gluon-tricks", description=__doc__.splitlines()[0])
+    p = _Parser(prog="gluon-tricks", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def runs_flag(sp):
@@ -178,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         runs_flag(sp)
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe field, e.g. --set optim.lr=0.2 (repeatable)")
-        sp.add_argument("--ctx", help="devices: cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7 | gpu:0-7")
+        sp.add_argument("--ctx", help="devices: auto (default: every GPU, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0-7")
         sp.add_argument("--kvstore", help="device | local | nccl | dist_sync | dist_device_sync")
         sp.add_argument("--dtype", choices=["float32", "float16"])
         sp.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bar")
@@ -223,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("out")
     ex.set_defaults(func=cmd_export)
 
+    dr = sub.add_parser("doctor", help="check this machine: packages, MXNet build, CUDA libraries, GPUs, data, disk")
+    dr.set_defaults(func=cmd_doctor)
+
     r = sub.add_parser("recipes", help="list the shipped recipes (--show NAME: one, resolved, with its hash)")
     r.add_argument("--show", metavar="NAME", help="print this recipe resolved (extends, --set) and its content hash")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field of the shown recipe")
@@ -235,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb = sub.add_parser("table", help="print a table (with --run: train its missing rows first)")
     tb.add_argument("name", help="e.g. demo, followup/table3, bot/table6")
     tb.add_argument("--run", action="store_true", help="train the rows that have no result yet")
-    tb.add_argument("--seeds", type=int, default=None, help="seeds per row (mean +- std); default: the table's")
-    tb.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every row's epochs by this factor")
+    tb.add_argument("--seeds", type=positive_int, default=None, help="seeds per row (mean +- std); default: the table's")
+    tb.add_argument("--epochs-scale", type=positive_float, default=1.0, help="shorten every row's epochs by this factor")
     tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    tb.add_argument("--parallel", type=int, nargs="?", const=0, default=None, metavar="N",
+                    help="with --run: N rows at once, each on one device of --ctx (no N: one row per device)")
     common(tb)
     tb.set_defaults(func=cmd_table)
 
@@ -259,16 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _default_threads()
-    from gluon_tricks.errors import Interrupted, UserError
+    from gluon_tricks.errors import Interrupted, UserError, shown
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Interrupted as e:
-        print(f"gluon-tricks: {e}", file=sys.stderr)
+        print(f"gluon-tricks: {shown(e)}", file=sys.stderr)
         return 130
-    except UserError as e:
-        print(f"gluon-tricks: error: {e}", file=sys.stderr)
+    except UserError as e:  # shown(): a path with a newline or ESC must not split or reach the terminal
+        print(f"gluon-tricks: error: {shown(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # last resort: a filesystem refusal nobody mapped (read-only, name too long...)
+        where = f": {shown(e.filename)[:300]}" if e.filename else ""
+        print(f"gluon-tricks: error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gluon-tricks: aborted", file=sys.stderr)

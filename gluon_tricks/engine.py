@@ -18,6 +18,7 @@ must know before each update whether the gradients overflowed.
 """
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import time
@@ -43,12 +44,16 @@ from gluon_tricks.tricks.schedules import lr_at, schedule_args
 from gluon_tricks.tricks.smoothing import smooth_targets
 
 def parse_ctx(text: str) -> list[mx.Context]:
-    """`cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist."""
+    """`auto`, `cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist.
+    `auto` is every GPU MXNet sees, or the CPU when it sees none (the CPU wheel, no driver)."""
+    if text.strip() == "auto":
+        gpus = mx.context.num_gpus()
+        return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
     out = []
     for part in text.replace(" ", "").split(","):
         kind, _, ids = part.partition(":")
         if kind not in ("cpu", "gpu"):
-            raise UserError(f"--ctx {text!r}: use cpu, cpu:0,cpu:1 or gpu:0,...,gpu:7")
+            raise UserError(f"--ctx {text!r}: use auto, cpu, cpu:0,cpu:1 or gpu:0,...,gpu:7")
         lo, _, hi = (ids or "0").partition("-")
         try:
             numbers = range(int(lo), int(hi or lo) + 1)
@@ -104,6 +109,11 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # The main thread soon waits inside MXNet (waitall, asnumpy) for every queued step,
+        # where no Python handler can run: the default action makes a second signal end the
+        # process at once (a kill mid-save leaves the previous checkpoint, see results.py).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
@@ -191,6 +201,7 @@ class Job:
     mix: object  # MixBlock, or None when the recipe never mixes
     scaler: LossScaler
     progress: Progress
+    micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -214,36 +225,55 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     `max_steps` stops (with a checkpoint, as Ctrl-C does) after that many steps of this
     process. `params_out` also writes this worker's final parameters to
     params_out/worker<rank>.params (every worker of a distributed job, not only rank 0)."""
+    try:
+        return _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out)
+    finally:
+        # Parameters and the Trainer reference each other: the finished run's network, optimizer
+        # states and kvstore buffers (GPU memory) would wait for a full collection otherwise.
+        gc.collect()
+
+
+def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
     job = _setup(recipe, run_dir, resume, overwrite, progress)
-    position, trainer = _restore(job, resume)
-    if job.dist.is_chief:
-        job.run.truncate_metrics(position.epoch)
-    with StopFlag(max_steps) as stop:
-        for epoch in range(position.epoch, recipe.epochs):
-            row = _train_epoch(job, trainer, position, epoch, stop)
-            if row["top1"] > position.best["top1"]:
-                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-            position.epoch, position.step, position.partial = epoch + 1, 0, {}
-            if job.dist.is_chief:
-                job.run.append_metrics(row)
-                _save(job, trainer, position)
-            job.progress.end(row)
-    rows = job.run.read_metrics() if job.dist.is_chief else []
-    result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
-                        job.train_images, len(job.test_stream))
-    result.update(provenance(job.contexts))
-    if job.dist.is_chief:
-        job.run.write_result(result)
-    if params_out is not None:
-        Path(params_out).mkdir(parents=True, exist_ok=True)
-        job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
-    return result
+    try:
+        position, trainer = _restore(job, resume)
+        if job.dist.is_chief:
+            job.run.truncate_metrics(position.epoch)
+        if job.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
+            print(f"devices: {', '.join(map(str, job.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
+                  file=sys.stderr, flush=True)
+        with StopFlag(max_steps) as stop:
+            for epoch in range(position.epoch, recipe.epochs):
+                row = _train_epoch(job, trainer, position, epoch, stop)
+                if row["top1"] > position.best["top1"]:
+                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+                position.epoch, position.step, position.partial = epoch + 1, 0, {}
+                if job.dist.is_chief:
+                    job.run.append_metrics(row)
+                    _save(job, trainer, position)
+                job.progress.end(row)
+        rows = job.run.read_metrics() if job.dist.is_chief else []
+        result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
+                            job.train_images, len(job.test_stream))
+        result.update(provenance(job.contexts))
+        if job.dist.is_chief:
+            job.run.write_result(result)
+        if params_out is not None:
+            Path(params_out).mkdir(parents=True, exist_ok=True)
+            job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
+        return result
+    finally:  # the run directory's lock (results.RunDir.lock) ends with the run
+        job.run.unlock()
 
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:
     """Check every input (devices, data, model, teacher), then prepare the run directory."""
     contexts = parse_ctx(recipe.system.ctx)
     check_dtype(recipe.model.dtype, contexts)
+    if recipe.optim.loss_scale == "dynamic" and recipe.system.kvstore.startswith("dist"):
+        raise UserError("optim.loss_scale = \"dynamic\" cannot run with a distributed kvstore (the parameter "
+                        "servers apply every update, so no worker can skip an overflowing step); use a static "
+                        "scale such as \"1024\" (docs/gpu.md)")
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
@@ -257,7 +287,12 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 
+    micro = micro_batches(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     net = build_model(recipe, classes, contexts)
+    if micro > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
+        for p in net.collect_params().values():
+            if p.grad_req != "null":
+                p.grad_req = "add"
     # static_alloc only: with static_shape=True as well, MXNet 1.9.1 (CPU, with or without
     # oneDNN) trains a BatchNorm ResNet differently from the same graph without it, and saving
     # the trainer's states perturbs the following steps (measured: weights 1.2 apart after six
@@ -278,7 +313,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
         mix.hybridize(static_alloc=True, static_shape=True)
     return Job(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
                step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
-               Progress(progress and dist.is_chief, recipe.epochs))
+               Progress(progress and dist.is_chief, recipe.epochs), micro)
 
 
 def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
@@ -295,7 +330,16 @@ def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
     opt_name, opt_params = make_optimizer(job.recipe, steps)
     if ckpt is not None and job.dist.is_distributed:
         opt_params["begin_num_update"] = position.epoch * steps + position.step
-    trainer = gluon.Trainer(job.net.collect_params(), opt_name, opt_params, kvstore=job.dist.kvstore)
+    # Dynamic loss scaling must judge the gradient the update will use: the sum over the devices,
+    # where float16 overflows first. So with several devices the reduction runs apart from the
+    # update (as MXNet's AMP does), and every device sees the same sum and takes the same decision.
+    trainer = gluon.Trainer(job.net.collect_params(), opt_name, opt_params, kvstore=job.dist.kvstore,
+                            update_on_kvstore=False if _checks_reduced(job) else None)
+    # Parameter servers receive the optimizer pickled, and MXNet drops its param_dict there
+    # (Optimizer.__getstate__), i.e. every parameter's lr_mult/wd_mult (no bias decay): the same
+    # multipliers keyed by index survive the pickle.
+    trainer.optimizer.set_lr_mult({i: p.lr_mult for i, p in enumerate(trainer._params)})
+    trainer.optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(trainer._params)})
     if ckpt is not None:
         job.net.load_parameters(str(ckpt.params), ctx=job.contexts)
         if not job.dist.is_distributed:
@@ -319,10 +363,26 @@ def _save(job: Job, trainer, position: Position):
         else:
             trainer.save_states(path)
 
+    if not weights_finite(job.net, job.contexts[0]):
+        # The loss guard sees a step's loss, computed before its update: the update of the
+        # last step before a save can still leave NaN/Inf weights. Never write those.
+        last = job.run.latest_checkpoint(quiet=True)
+        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+        at = (f"after epoch {position.epoch}" if position.step == 0
+              else f"at epoch {position.epoch + 1}, step {position.step}")
+        raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
+                              "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
              "partial_epoch": position.partial}
     return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
                                    keep=job.recipe.system.keep_checkpoints)
+
+
+def weights_finite(net, ctx) -> bool:
+    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
+    the device, one host read."""
+    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
+    return bool(host_read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
 
 
 def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
@@ -358,7 +418,8 @@ def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFl
     window.check(epoch, job.run)
     mx.nd.waitall()
     seconds += time.perf_counter() - t0
-    train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples)
+    # loss_sums hold this worker's images, `samples` counts every worker's
+    train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples / job.dist.workers)
     top1, top5 = evaluate(job.net, job.test_stream, contexts, recipe.model.dtype)
     steps = job.steps_per_epoch
     return {
@@ -390,18 +451,69 @@ def _train_step(job: Job, trainer, x, labels, epoch: int, step: int) -> list:
         images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
     if recipe.model.dtype != "float32":
         images = [xd.astype(recipe.model.dtype) for xd in images]
-    losses = job.step_loss(job.net, images, targets)
-    scaled = losses
-    if scaler.scale != 1.0:
-        with autograd.record():  # the product joins the graph the step loss recorded
-            scaled = [loss * scaler.scale for loss in losses]
-    autograd.backward(scaled)
-    update = True
-    if scaler.dynamic:
-        update = scaler.update(overflow=not grads_finite(trainer._params, contexts))
-    if update:
-        trainer.step(recipe.data.batch_size * scaler.scale)
-    return [loss.sum() for loss in losses]
+    parts = job.micro_batches
+    for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
+        xs, ys = (images, targets) if parts == 1 else \
+            ([_micro(a, part, parts) for a in images], [_micro(a, part, parts) for a in targets])
+        losses = job.step_loss(job.net, xs, ys)
+        scaled = losses
+        if scaler.scale != 1.0:
+            with autograd.record():  # the product joins the graph the step loss recorded
+                scaled = [loss * scaler.scale for loss in losses]
+        autograd.backward(scaled)
+        sums = [loss.sum() for loss in losses]
+        step_sums = sums if part == 0 else [a + b for a, b in zip(step_sums, sums)]
+    optimizer_step(trainer, scaler, contexts, recipe.data.batch_size, _checks_reduced(job))
+    if parts > 1:
+        for p in trainer._params:
+            if p.grad_req != "null":
+                p.zero_grad()
+    return step_sums
+
+
+def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:
+    """Passes each device makes per optimizer step so that it never holds more than
+    `device_batch` images at once (0: no cap); the recipe's global batch is kept."""
+    per_device = batch_size // (workers * devices)
+    if not device_batch or per_device <= device_batch:
+        return 1
+    if per_device % device_batch:
+        divisor = max(d for d in range(1, device_batch + 1) if per_device % d == 0)
+        raise UserError(f"system.device_batch {device_batch} does not divide the {per_device} images each device "
+                        f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
+                        f"device(s)); use a divisor such as {divisor}")
+    return per_device // device_batch
+
+
+def _micro(array, part: int, parts: int):
+    n = array.shape[0] // parts
+    return array[part * n:(part + 1) * n]
+
+
+def _checks_reduced(job: Job) -> bool:
+    return job.scaler.dynamic and len(job.contexts) > 1
+
+
+def optimizer_step(trainer, scaler, contexts, global_batch: int, check_reduced: bool) -> bool:
+    """One update from the (loss-scaled) gradients of `global_batch` images; False when dynamic
+    loss scaling skips it. With `check_reduced` (dynamic scaling on several devices, a Trainer
+    with update_on_kvstore=False) the overflow check runs on the summed gradient, which every
+    device holds after the reduction, so every device takes the same decision."""
+    if not scaler.dynamic:
+        trainer.step(global_batch * scaler.scale)
+        return True
+    if check_reduced:
+        trainer.allreduce_grads()
+        overflow = not grads_finite(trainer._params, contexts[:1])
+    else:
+        overflow = not grads_finite(trainer._params, contexts)
+    if not scaler.update(overflow=overflow):
+        return False
+    if check_reduced:
+        trainer.update(global_batch * scaler.scale)
+    else:
+        trainer.step(global_batch * scaler.scale)
+    return True
 
 
 def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,

@@ -14,6 +14,13 @@ class Interrupted(UserError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
 
 
+def shown(text) -> str:
+    """`text` (a path, a file name, a message) safe to put into a one-line message:
+    control characters (newline, ESC, NUL...) are written as Python escapes, so a file
+    named with a newline cannot split an error and an ESC sequence cannot reach the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message as one short line for a UserError: its first line, except for
     MXNet's errors, which start with "Traceback" and give the reason on their last line

@@ -13,6 +13,15 @@ The launcher watches its children: when any worker or server exits non-zero (or 
 killed), it names it, stops the rest and exits non-zero, so a dead worker never leaves
 the others waiting forever at a kvstore barrier. ps-lite's own liveness checks are
 switched on too (PS_HEARTBEAT_INTERVAL / PS_HEARTBEAT_TIMEOUT, in seconds).
+
+Stopping (Ctrl-C, SIGTERM, SIGHUP, --timeout, a failed role) goes in order: the workers
+get SIGINT and finish their step and checkpoint (which needs the servers), then the
+servers and last the scheduler get SIGTERM; whatever outlives its grace is SIGKILLed.
+Every child runs in its own process group (a terminal's Ctrl-C reaches only the launcher,
+which then stops the job in that order) and asks the kernel to SIGKILL it if the launcher
+dies (PR_SET_PDEATHSIG), so even a kill -9 of the launcher leaves no orphans.
+A `train` command's recipe is loaded here once, before anything starts: a bad recipe is
+one error and exit status 2, not one error per worker.
 """
 from __future__ import annotations
 
@@ -30,6 +39,31 @@ from gluon_tricks.errors import UserError
 
 HEARTBEAT_INTERVAL = 5
 HEARTBEAT_TIMEOUT = 30
+WORKER_GRACE = 60  # seconds for the workers to finish a step and write a checkpoint
+ROLE_GRACE = 10  # seconds for a server or the scheduler to exit after SIGTERM
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _child_setup() -> None:
+    """Runs in each child between fork and exec: its own process group, and death with the launcher."""
+    os.setpgid(0, 0)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the signal handlers still stop the job
+        pass
+
+
+def check_train_command(command: list[str]) -> None:
+    """Load a `train` command's recipe (and flags) once, so a bad one fails before anything starts."""
+    if command[:1] != ["train"]:
+        return
+    from gluon_tricks.cli import _overrides, build_parser, resolve_recipe_path
+    from gluon_tricks.recipe import load_recipe
+
+    args = build_parser().parse_args(command)
+    load_recipe(resolve_recipe_path(args.recipe), _overrides(args))
 
 
 def free_port() -> int:
@@ -111,29 +145,61 @@ def plan(workers: int, servers: int, command: list[str], hosts: list[str] | None
     return out
 
 
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
 def run(workers: int, servers: int, command: list[str], hostfile: str | None = None, port: int = 0,
         timeout: float | None = None) -> int:
     if workers < 1 or servers < 1:
         raise UserError("launch needs at least one worker (-n) and one server (-s)")
     hosts = read_hostfile(Path(hostfile)) if hostfile else None
-    command = training_command(command)
+    argv = training_command(command)
+    check_train_command(command)
+    command = argv
     roles: list[Role] = []
     t0 = time.time()
+    hurry = {"now": False}
 
-    def stop_all():
-        for r in roles:
+    def wait(group: list[Role], seconds: float) -> None:
+        deadline = time.time() + seconds
+        for r in group:
+            while r.proc.poll() is None and time.time() < deadline and not hurry["now"]:
+                time.sleep(0.1)
             if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for r in roles:
-            try:
-                r.proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
                 r.proc.kill()
+                r.proc.wait()
 
+    def stop_all(worker_grace: float = WORKER_GRACE):
+        # A second signal while stopping: no more waiting, kill what is left.
+        def again(signum, frame):
+            hurry["now"] = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, again)
+        workers_ = [r for r in roles if r.name.startswith("worker")]
+        # Workers first, while the servers still answer: their last step's push/pull and the
+        # checkpoint need them (SIGINT: the engine finishes the step and checkpoints).
+        for r in workers_:
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGINT)
+        wait(workers_, worker_grace)
+        for group in ([r for r in roles if r.name.startswith("server")], [r for r in roles if r.name == "scheduler"]):
+            for r in group:
+                if r.proc.poll() is None:
+                    r.proc.send_signal(signal.SIGTERM)
+            wait(group, ROLE_GRACE)
+
+    def on_signal(signum, frame):
+        raise _Stop(signum)
+
+    old_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     try:
         for name, argv, env in plan(workers, servers, command, hosts, port):
-            roles.append(Role(name, subprocess.Popen(argv, env=dict(os.environ, **env))))
+            roles.append(Role(name, subprocess.Popen(argv, env=dict(os.environ, **env), preexec_fn=_child_setup)))
             print(f"launch: started {name} (pid {roles[-1].proc.pid})", file=sys.stderr, flush=True)
         worker_roles = [r for r in roles if r.name.startswith("worker")]
         while True:
@@ -147,13 +213,20 @@ def run(workers: int, servers: int, command: list[str], hostfile: str | None = N
                 if code not in (None, 0):
                     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
                     print(f"launch: {r.name} (pid {r.proc.pid}) {how}; stopping the job", file=sys.stderr, flush=True)
-                    stop_all()
+                    # With a role gone no step can complete: the others are likely stuck at a barrier.
+                    stop_all(worker_grace=ROLE_GRACE)
                     return 1
             if timeout and time.time() - t0 > timeout:
                 print(f"launch: the job ran past --timeout {timeout:g}s; stopping it", file=sys.stderr, flush=True)
                 stop_all()
                 return 1
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as e:
+        signum = e.signum if isinstance(e, _Stop) else signal.SIGINT
+        print(f"launch: {signal.Signals(signum).name}: stopping the workers (they checkpoint), then the servers",
+              file=sys.stderr, flush=True)
         stop_all()
-        return 130
+        return 128 + signum
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)

@@ -3,11 +3,14 @@
 ResNet tweaks map onto zoo names (GLUONCV-FACTS): resnet50_v1 (the paper's
 ResNet-50), resnet50_v1b (ResNet-B), resnet50_v1c (ResNet-C), resnet50_v1d
 (ResNet-D); resnet152_v1d is Bag of Tricks' teacher. Pretrained weights are
-downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1.
+downloaded by GluonCV into $MXNET_HOME/models and checked by SHA1; a zoo source may
+pin one published version as `name:tag` (GluonCV's short hash). Every pretrained
+network is loaded onto the run's contexts.
 """
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -25,30 +28,68 @@ def zoo_names() -> list[str]:
     return sorted(get_model_list())
 
 
-def _get(name: str, **kwargs):
-    from gluoncv.model_zoo import get_model
-
+def _check_zoo_name(name: str) -> None:
     if name not in zoo_names():
         close = [n for n in zoo_names() if name.split("_")[0] in n][:8]
         raise UserError(f"unknown model {name!r}; GluonCV zoo names like it: {', '.join(close) or 'none'}"
                         " (gluoncv.model_zoo.get_model_list() has them all)")
+
+
+def _get(name: str, **kwargs):
+    from gluoncv.model_zoo import get_model
+
+    _check_zoo_name(name)
     try:
         return get_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"model {name!r} does not accept {sorted(kwargs)} ({e})") from None
 
 
-def _pretrained(name: str, **kwargs):
-    """The zoo's pretrained weights; a clear error when they cannot be downloaded."""
+def zoo_source(text: str) -> tuple[str, str | None]:
+    """`name` or `name:tag` (a GluonCV short hash naming one published version of the
+    weights, e.g. `resnet152_v1d:cddbc86f`) -> (name, tag or None)."""
+    name, sep, tag = text.partition(":")
+    if sep and (not tag or any(c not in "0123456789abcdef" for c in tag.lower())):
+        raise UserError(f"zoo weights {text!r}: after the colon comes GluonCV's hexadecimal short hash, "
+                        "e.g. resnet152_v1d:cddbc86f (or no colon for the zoo's current weights)")
+    return name, (tag.lower() if sep else None)
+
+
+def zoo_weights_file(name: str, tag: str | None = None) -> Path:
+    """Where GluonCV's model store keeps (and looks for) a zoo network's weights:
+    $MXNET_HOME/models/<name>-<short sha1>.params, the hash being the tag or the zoo's current one."""
+    from gluoncv.model_zoo import model_store
+
+    if tag is None:
+        try:
+            tag = model_store.short_hash(name)
+        except ValueError:
+            raise UserError(f"GluonCV publishes no pretrained weights for {name!r}; "
+                            "use a .params file (distill.teacher_model names its architecture)") from None
+    root = Path(os.environ.get("MXNET_HOME", "~/.mxnet")).expanduser() / "models"
+    return root / f"{name}-{tag}.params"
+
+
+def _pretrained(source: str, ctx, **kwargs):
+    """A zoo network with its published weights, loaded straight onto every context of the
+    run (GluonCV's default is cpu(0), which a GPU run cannot use); a one-line error naming
+    the file GluonCV expected when the weights cannot be had (offline machine, unknown tag)."""
+    name, tag = zoo_source(source)
+    _check_zoo_name(name)
+    expected = zoo_weights_file(name, tag)
     try:
-        return _get(name, pretrained=True, **kwargs)
+        return _get(name, pretrained=tag or True, ctx=ctx, **kwargs)
     except UserError:
         raise
     except Exception as e:  # network failures surface as several unrelated exception types
-        home = os.environ.get("MXNET_HOME", "~/.mxnet")
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        fetch = f"get_model('{name}', pretrained={repr(tag) if tag else True})"
+        state = "is missing" if not expected.exists() else "has another SHA1 (partial download or other version)"
         raise UserError(
-            f"pretrained weights of {name!r} could not be loaded ({e.__class__.__name__}: {e}); "
-            f"put {name}-<sha1>.params into {home}/models (GluonCV's cache) or use a local .params file"
+            f"pretrained weights of {source!r} could not be loaded ({e.__class__.__name__}: {why}); "
+            f"{expected} {state} (GluonCV's cache, $MXNET_HOME/models): on a machine with internet run "
+            f"python -c \"from gluoncv.model_zoo import get_model; {fetch}\" and copy that file here, "
+            "or use a local .params file"
         ) from None
 
 
@@ -79,7 +120,7 @@ def build_model(recipe, classes: int, ctx):
     if m.zero_gamma and not own_zero_gamma:
         kwargs["last_gamma"] = True
     if m.pretrained:
-        net = _pretrained(m.name, **kwargs)
+        net = _pretrained(m.name, ctx, **kwargs)
         if output_classes(net) != classes:
             # Fine-tuning (the Food-101 tutorial): a fresh output layer for our classes.
             attr = output_layer_name(net)
@@ -88,8 +129,8 @@ def build_model(recipe, classes: int, ctx):
             getattr(net, attr).initialize(mx_init.Xavier(), ctx=ctx)
     else:
         net = _get(m.name, classes=classes, **kwargs)
-        if own_zero_gamma:
-            zero_gamma(net)
+        if own_zero_gamma and not zero_gamma(net):  # the definition needs a residual shortcut
+            print(f"note: model.zero_gamma does nothing for {m.name}: it has no residual blocks", file=sys.stderr)
         initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
         net.initialize(initializer, ctx=ctx)
     if recipe.optim.no_bias_decay:
@@ -99,22 +140,33 @@ def build_model(recipe, classes: int, ctx):
     return net
 
 
+def teacher_file(source: str) -> Path | None:
+    """The .params file a `distill.teacher` names (as given, or relative to the project,
+    where recipes name teacher/... files), or None when it names zoo weights."""
+    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
+        return None
+    path = Path(source)
+    project_path = Path(__file__).resolve().parent.parent / source
+    if not path.is_absolute() and not path.exists() and project_path.exists():
+        path = project_path
+    return path
+
+
 def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
     """A teacher by zoo name (its pretrained weights) or from a .params file of
     `spec.teacher_model`. Checks that it predicts the same number of classes."""
     src = spec.teacher
-    looks_like_file = src.endswith(".params") or os.sep in src or Path(src).exists()
-    if looks_like_file:
-        path = Path(src)
-        project_path = Path(__file__).resolve().parent.parent / src  # recipes name teacher/... files
-        if not path.is_absolute() and not path.exists() and project_path.exists():
-            path = project_path
+    path = teacher_file(src)
+    if path is not None:
         if not path.is_file():
             raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
                             "or give a zoo name in distill.teacher")
         if not spec.teacher_model:
             raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
                             "architecture, e.g. cifar_resnext29_16x64d")
+        with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
+            if f.read(8) != (0x112).to_bytes(8, "little"):
+                raise UserError(f"teacher {path} is not an MXNet .params file; export one with gluon-tricks export")
         net = _get(spec.teacher_model, classes=classes)
         try:
             net.load_parameters(str(path), ctx=ctx)
@@ -123,7 +175,7 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
             raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
                             f"({first}); check distill.teacher_model and the dataset's classes") from None
     else:
-        net = _pretrained(src)
+        net = _pretrained(src, ctx)
         out = output_classes(net)
         if out is not None and out != classes:
             raise UserError(f"teacher {src!r} predicts {out} classes but the dataset has {classes}; "

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gluon_tricks._compat import tomllib
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, shown
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -124,7 +125,8 @@ class DistillSpec:
 @dataclass
 class SystemSpec:
     """How and where to run: never part of a result's identity (see `content_hash`)."""
-    ctx: str = "cpu"  # cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
+    ctx: str = "auto"  # auto (every GPU MXNet sees, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
+    device_batch: int = 0  # most images one device holds per pass; more are accumulated (0: no cap)
     kvstore: str = "device"  # device | local | nccl | dist_sync | dist_device_sync
     log_interval: int = 50  # progress refresh, in steps
     keep_checkpoints: int = 2
@@ -230,7 +232,13 @@ def _build(raw: dict, source: str) -> Recipe:
 
 def _check_semantics(r: Recipe, source: str) -> None:
     """Values that are well-typed but meaningless."""
-    problems = []
+    problems = _non_finite_floats(r)
+    if not 0 <= r.seed < 2 ** 32:  # numpy's and MXNet's seed range
+        problems.append(f"seed must be in 0..{2 ** 32 - 1}")
+    if r.system.keep_checkpoints < 1:  # 0 or less would delete every checkpoint it writes
+        problems.append("system.keep_checkpoints must be at least 1")
+    if r.model.classes < 0:
+        problems.append("model.classes must be >= 0 (0: the dataset's number of classes)")
     if r.epochs < 1:
         problems.append("epochs must be at least 1")
     if r.data.batch_size < 1:
@@ -266,10 +274,26 @@ def _check_semantics(r: Recipe, source: str) -> None:
                 raise ValueError
         except ValueError:
             problems.append("optim.loss_scale must be none, dynamic or a positive number such as \"128\"")
+    if r.system.device_batch < 0:
+        problems.append("system.device_batch must be >= 0 (0: no cap)")
     if r.optim.lr < 0 or r.optim.wd < 0:
         problems.append("optim.lr and optim.wd must be >= 0")
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems))
+
+
+def _non_finite_floats(r: Recipe) -> list[str]:
+    """Every float field (and float list) must be a number: nan and inf pass every `<` test."""
+    bad = []
+    for sec_name, value in [("", r)] + [(f.name, getattr(r, f.name)) for f in dataclasses.fields(r)
+                                        if dataclasses.is_dataclass(getattr(r, f.name))]:
+        hints = typing.get_type_hints(type(value))
+        for f in dataclasses.fields(value):
+            v, key = getattr(value, f.name), f"{sec_name}.{f.name}".lstrip(".")
+            if hints[f.name] is float and not math.isfinite(v) or \
+                    hints[f.name] == list[float] and not all(math.isfinite(x) for x in v):
+                bad.append(f"{key} must be a finite number, got {v!r}")
+    return bad
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -284,11 +308,13 @@ def _read_toml(path: Path) -> dict:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise UserError(f"recipe file not found: {path}; `gluon-tricks recipes` lists the shipped ones") from None
+        raise UserError(f"recipe file not found: {shown(path)}; `gluon-tricks recipes` lists the shipped ones") from None
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
+        raise UserError(f"{shown(path)}: not valid TOML ({e})") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read recipe ({e.__class__.__name__})") from None
+        raise UserError(f"{shown(path)}: cannot read recipe ({e.__class__.__name__})") from None
+    except OSError as e:  # e.g. a name too long for the filesystem
+        raise UserError(f"cannot read recipe {shown(path)[:200]}: {e.strerror}") from None
 
 
 def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -301,8 +327,15 @@ def _load_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if parent is None:
         return raw
     if not isinstance(parent, str):
-        raise UserError(f"{path}: extends must be a file name string, got {parent!r}")
-    base = _load_raw(path.parent / parent, chain + (path,))
+        raise UserError(f"{shown(path)}: extends must be a file name string, got {parent!r}")
+    if "\0" in parent:
+        raise UserError(f"{shown(path)}: extends contains a NUL character: {shown(parent)[:200]}")
+    try:
+        base = _load_raw(path.parent / parent, chain + (path,))
+    except UserError as e:
+        if "cannot read recipe" in str(e) and "extends" not in str(e):  # say which recipe named it
+            raise UserError(f"{e} (named by extends in {shown(path)})") from None
+        raise
     return _merge(base, raw)
 
 
@@ -352,7 +385,7 @@ def scale_epochs(recipe: Recipe, factor: float) -> Recipe:
     schedule's shape: decay points, warm-up and mixup on/off windows scale together."""
     if factor == 1.0:
         return recipe
-    if factor <= 0:
+    if not math.isfinite(factor) or factor <= 0:
         raise UserError(f"--epochs-scale must be > 0, got {factor}")
     d = recipe.to_dict()
 

@@ -2,7 +2,7 @@
 
 A run directory holds
   recipe.toml      the resolved recipe (what ran)
-  run.json         the recipe's content hash and name
+  run.json         the marker: {"tool": "gluon-tricks", "format": 1}, the recipe's content hash and name
   metrics.jsonl    one JSON line per finished epoch
   result.json      written once, when the run has finished
   checkpoints/     the last `keep` checkpoints, each a directory with net.params,
@@ -12,19 +12,38 @@ Every file is written to a temporary name, fsynced and renamed, so a kill at any
 moment leaves either the old or the new version; a checkpoint directory appears
 under its final name only when complete. A checkpoint that fails its checksums
 is skipped at resume, with a message, in favour of the previous one.
+
+Only a directory whose run.json carries the marker (or, for runs written before the
+marker, a 16-hex hash, a name and a recipe.toml) is a run: `--overwrite` replaces only
+such a directory, and deletes only the files listed above. A process that trains into a
+directory holds an flock on `<run>/.lock` until the run ends (or the process dies); a second
+one is refused.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
 import json
+import fcntl
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gluon_tricks.errors import UserError, first_line
+from gluon_tricks.errors import UserError, first_line, shown
+
+TOOL = "gluon-tricks"
+FORMAT = 1
+# What a run writes into its directory: the only names `--overwrite` deletes.
+RUN_FILES = ("recipe.toml", "run.json", "metrics.jsonl", "result.json")
+RUN_DIRS = ("checkpoints",)
+LOCK_FILE = ".lock"
+# Temporary files of atomic_write_bytes (".<name>.tmp<pid>"), left by a kill mid-write.
+_LEFTOVER = re.compile(r"^\.(recipe\.toml|run\.json|metrics\.jsonl|result\.json)\.tmp\d+$")
+# flock'd file descriptors, held open (and so locked) until the process exits.
+_HELD_LOCKS: dict[str, int] = {}
 
 
 def provenance(contexts) -> dict:
@@ -81,7 +100,7 @@ def _fsync_dir(path: Path) -> None:
 
 def _disk_error(e: OSError, what: Path) -> UserError:
     reason = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror or str(e)
-    return UserError(f"could not write {what}: {reason}; free space or choose another --runs directory "
+    return UserError(f"could not write {shown(what)}: {reason}; free space or choose another --runs directory "
                      "(the previous checkpoint and results are intact)")
 
 
@@ -96,7 +115,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. a read-only filesystem: the first error is the one to report
+            pass
         raise _disk_error(e, path) from None
 
 
@@ -114,6 +136,19 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def params_finite(path: Path) -> bool:
+    """Every array of an MXNet .params file is finite (one pass over the file's arrays)."""
+    import mxnet as mx
+    import numpy as np
+
+    try:
+        arrays = mx.nd.load(str(path))
+    except mx.MXNetError:
+        return False
+    values = arrays.values() if isinstance(arrays, dict) else arrays
+    return all(np.isfinite(a.asnumpy()).all() for a in values)
 
 
 @dataclass
@@ -148,10 +183,19 @@ class RunDir:
         return self.path / "checkpoints"
 
     def run_info(self) -> dict | None:
+        """run.json if this directory holds a gluon-tricks run, else None."""
         try:
-            return json.loads((self.path / "run.json").read_text())
+            info = json.loads((self.path / "run.json").read_text())
         except (OSError, ValueError):
             return None
+        if not isinstance(info, dict) or not isinstance(info.get("hash"), str):
+            return None
+        if info.get("tool") == TOOL and isinstance(info.get("format"), int):
+            return info
+        # Written before the marker existed: exactly our two keys, our hash's shape, our recipe file.
+        legacy = (set(info) == {"hash", "name"} and re.fullmatch(r"[0-9a-f]{16}", info["hash"])
+                  and (self.path / "recipe.toml").is_file())
+        return info if legacy else None
 
     def result(self) -> dict | None:
         try:
@@ -160,30 +204,90 @@ class RunDir:
             return None
 
     # -- start / guard -------------------------------------------------------------------
+    def _foreign_files(self) -> list[str]:
+        """Names in the directory other than the lock and leftover temporary files of a killed start."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        return [n for n in names if n != LOCK_FILE and not _LEFTOVER.match(n)]
+
+    def lock(self) -> None:
+        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too)."""
+        key = str(self.path.resolve())
+        if key in _HELD_LOCKS:
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{shown(self.path)} is being trained by another process (pid {holder}); "
+                            "wait for it to finish, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD_LOCKS[key] = fd
+
+    def unlock(self) -> None:
+        """Release the lock (at the end of a run, so a library caller does not hold it on)."""
+        fd = _HELD_LOCKS.pop(str(self.path.resolve()), None)
+        if fd is not None:
+            os.close(fd)
+
+    def _remove_run_files(self) -> None:
+        for name in os.listdir(self.path):
+            p = self.path / name
+            if name in RUN_FILES or _LEFTOVER.match(name):
+                p.unlink()
+            elif name in RUN_DIRS and p.is_dir():
+                shutil.rmtree(p)
+
     def prepare(self, recipe_hash: str, name: str, recipe_toml: str, resume: bool, overwrite: bool) -> None:
-        """Create the directory or check that it holds this same recipe's run."""
-        info = self.run_info()
-        occupied = self.path.exists() and any(self.path.iterdir())
-        if occupied and overwrite:
-            if info is None:  # never delete a directory that is not a gluon-tricks run
-                raise UserError(f"{self.path} holds files that are not a gluon-tricks run; "
+        """Create the directory or check that it holds this same recipe's run, and lock it."""
+        try:
+            self._prepare(recipe_hash, name, recipe_toml, resume, overwrite)
+        except BaseException as e:
+            self.unlock()  # refused: the directory is not ours to hold
+            if not isinstance(e, OSError):
+                raise
+            # read-only filesystem, name too long, a file where a directory should be
+            raise UserError(f"cannot use {shown(self.path)} as a run directory: {e.strerror or e}; "
+                            "choose another --out or --runs") from None
+
+    def _prepare(self, recipe_hash, name, recipe_toml, resume, overwrite) -> None:
+        if self._foreign_files() and self.run_info() is None:
+            # Refuse before creating anything (no .lock) in a directory that is not ours.
+            if overwrite:
+                raise UserError(f"{shown(self.path)} holds files that are not a gluon-tricks run; "
                                 "--overwrite only replaces runs: choose another --out")
-            shutil.rmtree(self.path)
+            raise UserError(f"{shown(self.path)} already holds files that are not a gluon-tricks run; "
+                            "choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        info = self.run_info()  # again, now that no other process can change it
+        occupied = bool(self._foreign_files())
+        if occupied and info is None:
+            raise UserError(f"{shown(self.path)} holds files that are not a gluon-tricks run; choose another --out")
+        if occupied and overwrite:
+            self._remove_run_files()
             occupied, info = False, None
         if occupied:
-            if info is None or info.get("hash") != recipe_hash:
-                other = info.get("name") if info else "files that are not a gluon-tricks run"
-                raise UserError(f"{self.path} already holds a different run ({other}); "
+            if info.get("hash") != recipe_hash:
+                raise UserError(f"{shown(self.path)} already holds a different run ({shown(info.get('name'))}); "
                                 "choose another --out, or pass --overwrite to replace it")
             if self.result() is not None and not resume:
-                raise UserError(f"{self.path} already holds the finished run of this recipe; "
+                raise UserError(f"{shown(self.path)} already holds the finished run of this recipe; "
                                 "pass --overwrite to train it again")
             if not resume and self.latest_checkpoint(quiet=True) is not None:
-                raise UserError(f"{self.path} holds an unfinished run of this recipe; "
+                raise UserError(f"{shown(self.path)} holds an unfinished run of this recipe; "
                                 "pass --resume to continue it or --overwrite to start again")
-        self.path.mkdir(parents=True, exist_ok=True)
+        for leftover in os.listdir(self.path):
+            if _LEFTOVER.match(leftover):
+                (self.path / leftover).unlink()
+        # run.json (the marker) first: a kill between the two writes leaves a recognisable run.
+        atomic_write_json(self.path / "run.json", {"tool": TOOL, "format": FORMAT, "hash": recipe_hash, "name": name})
         atomic_write_text(self.path / "recipe.toml", recipe_toml)
-        atomic_write_json(self.path / "run.json", {"hash": recipe_hash, "name": name})
 
     # -- metrics ---------------------------------------------------------------------------
     def read_metrics(self) -> list[dict]:
@@ -278,6 +382,8 @@ class RunDir:
                 raise UserError(f"checkpoint {path}/{name} is truncated or corrupt (checksum mismatch)")
         if set(state.get("sha256", {})) != {"net.params", "trainer.states"}:
             raise UserError(f"checkpoint {path} is incomplete")
+        if not params_finite(path / "net.params"):  # e.g. written before the save-time guard existed
+            raise UserError(f"checkpoint {path} holds weights that are not finite (NaN/Inf)")
         return Checkpoint(path, state)
 
     def latest_checkpoint(self, quiet: bool = False) -> Checkpoint | None:

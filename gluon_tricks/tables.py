@@ -145,24 +145,122 @@ def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list
             for i in range(seeds)]
 
 
-def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
-              progress: bool = True) -> None:
+def _train_row(recipe_dict: dict, expected_hash: str, out: str, resume: bool, progress: bool) -> dict:
+    """One row in a fresh process (run_table's workers): everything the row allocated, on the
+    host and on the GPU (MXNet's memory pool, cuDNN workspaces, kvstore buffers), is returned
+    to the system when the process exits, before the next row starts there."""
     from gluon_tricks.engine import train
+    from gluon_tricks.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(recipe_dict)
+    if content_hash(recipe) != expected_hash:  # the recipe must cross the process boundary unchanged
+        raise RuntimeError(f"recipe {recipe.name} changed on its way to the worker process")
+    return train(recipe, Path(out), resume=resume, progress=progress)
+
+
+def _row_devices(ctx_text: str) -> list[str]:
+    from gluon_tricks.engine import parse_ctx
+
+    return [f"{c.device_type}:{c.device_id}" for c in parse_ctx(ctx_text)]
+
+
+def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
+              progress: bool = True, parallel: int | None = None, in_process: bool = False) -> None:
+    """Train every row (and seed) that has no result yet.
+
+    Each row trains in its own process, so a finished row's memory (16 GB V100s hold one
+    ImageNet row, not two) is back before the next starts. `parallel=None` trains the rows
+    one after another, each on all of the recipe's (or --ctx's) devices. `parallel=N`
+    trains N rows at once, each on ONE of those devices (0: one row per device): eight
+    CIFAR rows on a p3.16xlarge at once keep the follow-up's single-GPU BatchNorm batch and
+    beat one row on eight GPUs. Results are found by content hash, and the device is not
+    part of it, so both ways give the same rows. `in_process` trains here instead (for a
+    debugger); finished rows are then released by garbage collection only."""
+    import dataclasses
+    import gc
+
+    from gluon_tricks.errors import Interrupted
     from gluon_tricks.results import RunDir, find_result, run_dir_for
 
     if table.out_of_scope:
         raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
     seeds = seeds or table.seeds
+    jobs = []
     for row in table.rows:
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             h = content_hash(recipe)
-            if find_result(h, runs_root) is not None:
+            if find_result(h, runs_root) is not None or any(j[2] == h for j in jobs):
                 continue  # finished (perhaps as another row or table: same recipe, same result)
             out = run_dir_for(recipe.name, h, runs_root)
-            resume = RunDir(out).latest_checkpoint(quiet=True) is not None
+            jobs.append((row.label, recipe, h, out, RunDir(out).latest_checkpoint(quiet=True) is not None))
+    if not jobs:
+        return
+    if in_process:
+        from gluon_tricks import engine
+
+        for label, recipe, _, out, resume in jobs:
             if progress:
-                print(f"== {table.name}: {row.label} (seed {recipe.seed}) -> {out}", flush=True)
-            train(recipe, out, resume=resume, progress=progress)
+                print(f"== {table.name}: {label} (seed {recipe.seed}) -> {out}", flush=True)
+            engine.train(recipe, out, resume=resume, progress=progress)
+            gc.collect()  # Parameter <-> Trainer reference cycles hold the finished row's arrays
+        return
+
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    if parallel is None:
+        slots = [None]  # one row at a time, on the recipe's own devices
+    else:
+        devices = _row_devices(jobs[0][1].system.ctx)
+        if parallel < 0:
+            raise UserError(f"--parallel {parallel}: give the number of rows at once (0 or nothing: one per device)")
+        slots = [devices[i % len(devices)] for i in range(parallel or len(devices))]
+    queue, running, failures = deque(jobs), {}, []
+    quiet_rows = len(slots) > 1  # interleaved epoch lines from several rows help nobody; metrics.jsonl has them
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
+    try:
+        while queue or running:
+            while queue and slots and not failures:
+                device = slots.pop(0)
+                label, recipe, h, out, resume = queue.popleft()
+                if device is not None:
+                    recipe = dataclasses.replace(recipe, system=dataclasses.replace(recipe.system, ctx=device))
+                if progress:
+                    print(f"== {table.name}: {label} (seed {recipe.seed}) on {recipe.system.ctx} -> {out}", flush=True)
+                executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)  # one process per row
+                future = executor.submit(_train_row, recipe.to_dict(), h, str(out), resume,
+                                         progress and not quiet_rows)
+                running[future] = (label, recipe, device, executor)
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                label, recipe, device, executor = running.pop(future)
+                executor.shutdown(wait=True)
+                slots.append(device)
+                error = future.exception()
+                if error is not None:
+                    failures.append((label, error))
+                elif progress and quiet_rows:
+                    result = future.result()
+                    print(f"== {table.name}: {label} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
+                          flush=True)
+    except KeyboardInterrupt:
+        # The rows' processes got the Ctrl-C too: each checkpoints at its next step and exits.
+        for *_, executor in running.values():
+            executor.shutdown(wait=True)
+        raise Interrupted(f"table {table.name} stopped; finished rows are kept and the others resume "
+                          "from their checkpoints: run the same command again") from None
+    stopped = [label for label, error in failures if isinstance(error, Interrupted)]
+    if stopped:  # Ctrl-C reached the row processes first: each saved a checkpoint
+        raise Interrupted(f"table {table.name} stopped; {', '.join(map(repr, stopped))} checkpointed and resume "
+                          "when the same command runs again; finished rows are kept")
+    if failures:
+        label, error = failures[0]
+        if isinstance(error, (UserError, Interrupted)):
+            raise type(error)(f"row {label!r}: {error}")
+        raise error
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:

@@ -95,7 +95,9 @@ def launch(args, env=None, **kw):
 
 
 def test_two_workers_match_one_process_with_two_devices(tmp_path):
-    r, path = tiny_recipe(tmp_path)
+    # No bias decay with a large wd: the parameter servers must apply each parameter's wd_mult
+    # (0 for biases and BatchNorm), which MXNet's pickled optimizer drops (Optimizer.__getstate__).
+    r, path = tiny_recipe(tmp_path, optim={"no_bias_decay": True, "wd": 0.01})
     run, dump = tmp_path / "run", tmp_path / "workers"
     proc = launch(["-n", 2, "-s", 1, "--timeout", 150, "--", "train", path, "--out", run, "--quiet",
                    "--save-params", dump])
@@ -116,9 +118,15 @@ def test_two_workers_match_one_process_with_two_devices(tmp_path):
     # gradients are summed in another order (servers vs the local kvstore): float32 rounding only
     assert max_diff(trainable(w0), trainable(single)) < 1e-5
     assert max_diff(trainable(final(run)), trainable(w0)) < 1e-4  # rank 0's checkpoint is the result
+    # train_loss is a mean per image, not rank 0's loss sum over both workers' images
+    import json
+
+    loss_dist = json.loads((run / "metrics.jsonl").read_text())["train_loss"]
+    loss_single = json.loads((tmp_path / "single" / "metrics.jsonl").read_text())["train_loss"]
+    assert abs(loss_dist - loss_single) < 0.1 * loss_single, (loss_dist, loss_single)
     # only rank 0 wrote: one metrics line, one result
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl", "recipe.toml", "result.json", "run.json"]
+    assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["checkpoints", "metrics.jsonl", "recipe.toml", "result.json", "run.json"]
 
 
 def test_a_killed_worker_ends_the_job_with_its_name(tmp_path):
@@ -159,3 +167,131 @@ def test_job_layout_and_ssh_commands(tmp_path):
     assert env["DMLC_NUM_WORKER"] == "3" and env["DMLC_NUM_SERVER"] == "2" and env["DMLC_PS_ROOT_PORT"] == "9100"
     local = plan(2, 1, cmd, port=9200)
     assert all(e["DMLC_PS_ROOT_URI"] == "127.0.0.1" and e["DMLC_INTERFACE"] == "lo" for _, _, e in local)
+
+
+# Gradient accumulation, loss scaling on the reduced gradient, automatic devices, memory.
+
+def _bn_free_net(recipe, classes, ctx):
+    """A small convolutional net without BatchNorm (whose per-pass statistics would differ)."""
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(4, 3, strides=2, activation="relu"), gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(classes))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    return net
+
+
+def test_accumulated_micro_batches_equal_the_whole_batch(tmp_path, monkeypatch):
+    import json
+
+    import gluon_tricks.engine as engine
+
+    monkeypatch.setattr(engine, "build_model", _bn_free_net)
+    runs = {}
+    # warm-up then cosine: the learning rate changes at every optimizer step, so a schedule
+    # that counted micro-batches instead would move the weights elsewhere
+    for name, system in (("whole", {"ctx": "cpu"}), ("accumulated", {"ctx": "cpu", "device_batch": 64}),
+                         ("two-devices", {"ctx": "cpu:0,cpu:1", "kvstore": "local"})):
+        r = recipe_from_dict({"epochs": 2, "seed": 1, "data": {"dataset": "cifar10-mini", "batch_size": 128,
+                                                               "train_limit": 256, "test_limit": 32},
+                              "schedule": {"kind": "cosine", "warmup_epochs": 1}, "system": system})
+        train(r, tmp_path / name, progress=False)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = (final(tmp_path / name), rows)
+    whole, acc, two = (runs[n][0] for n in ("whole", "accumulated", "two-devices"))
+    # 2 x 64 accumulated adds the same two partial gradients as two devices of 64 do: bit for bit
+    assert max_diff(acc, two) == 0.0
+    # and equals one pass over 128 images up to float32 summation order
+    assert max_diff(acc, whole) < 1e-6
+    assert [r["lr"] for r in runs["accumulated"][1]] == [r["lr"] for r in runs["whole"][1]]
+    assert abs(runs["accumulated"][1][-1]["train_loss"] - runs["whole"][1][-1]["train_loss"]) < 1e-5
+
+
+def test_device_batch_must_divide_each_devices_share():
+    from gluon_tricks.engine import micro_batches
+    from gluon_tricks.errors import UserError
+
+    assert micro_batches(256, 1, 8, 32) == 1 and micro_batches(256, 1, 1, 32) == 8 and micro_batches(1024, 2, 4, 0) == 1
+    with pytest.raises(UserError, match="system.device_batch 48 does not divide the 128 images .* such as 32"):
+        micro_batches(256, 1, 2, 48)
+
+
+def _two_device_step(inject):
+    """One dynamic-loss-scaled step of a Dense layer on cpu(0) and cpu(1) after `inject`
+    (device index -> value written into one gradient entry)."""
+    from gluon_tricks.engine import optimizer_step
+    from gluon_tricks.tricks.precision import LossScaler
+
+    ctxs = [mx.cpu(0), mx.cpu(1)]
+    net = gluon.nn.Dense(3, in_units=4)
+    net.initialize(mx.init.One(), ctx=ctxs)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1}, kvstore="device",
+                            update_on_kvstore=False)
+    x = mx.nd.ones((4, 4))
+    with autograd.record():
+        losses = [net(xd).sum() for xd in gluon.utils.split_and_load(x, ctxs)]
+    autograd.backward(losses)
+    for i, value in inject.items():
+        net.weight.grad(ctxs[i])[0, 0] = value
+    scaler = LossScaler("dynamic", init_scale=8.0)
+    applied = optimizer_step(trainer, scaler, ctxs, 4, check_reduced=True)
+    return applied, scaler, [net.weight.data(c).asnumpy() for c in ctxs]
+
+
+def test_dynamic_loss_scaling_decides_on_the_reduced_gradient():
+    applied, scaler, weights = _two_device_step({1: float("inf")})  # one device overflowed
+    assert not applied and scaler.scale == 4.0 and scaler.skipped == 1
+    for w in weights:  # no device moved
+        np.testing.assert_array_equal(w, np.ones((3, 4), np.float32))
+    # finite on each device, infinite once summed: the case a per-device check misses
+    applied, scaler, weights = _two_device_step({0: 3e38, 1: 3e38})
+    assert not applied and scaler.scale == 4.0
+    applied, scaler, weights = _two_device_step({})
+    assert applied and scaler.skipped == 0
+    # the hand computation: d(sum of outputs)/dW = 4 images of ones = 4; rescaled by 1/(4*8)
+    for w in weights:
+        np.testing.assert_allclose(w, np.ones((3, 4)) - 0.1 * 4 / (4 * 8.0), rtol=1e-6)
+
+
+def test_dynamic_loss_scaling_is_refused_with_a_distributed_kvstore(tmp_path):
+    from gluon_tricks.errors import UserError
+
+    r, _ = tiny_recipe(tmp_path, optim={"loss_scale": "dynamic"}, system={"kvstore": "dist_sync"})
+    with pytest.raises(UserError, match="dynamic.*distributed kvstore.*static"):
+        train(r, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctx_auto_is_every_gpu_or_the_cpu(monkeypatch, tmp_path, capsys):
+    from gluon_tricks.engine import parse_ctx
+
+    assert recipe_from_dict({}).system.ctx == "auto"
+    assert parse_ctx("auto") == ([mx.gpu(i) for i in range(mx.context.num_gpus())] or [mx.cpu()])
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 3)
+    assert parse_ctx("auto") == [mx.gpu(0), mx.gpu(1), mx.gpu(2)]
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 0)
+    r, _ = tiny_recipe(tmp_path)
+    train(r, tmp_path / "run")
+    assert "devices: cpu(0) (--ctx auto" in capsys.readouterr().err
+
+
+def test_a_finished_run_frees_its_network(tmp_path, monkeypatch):
+    """Parameters and the Trainer reference each other; train() collects them before it returns."""
+    import gc
+    import weakref
+
+    import gluon_tricks.engine as engine
+
+    made = []
+
+    def tracked(recipe, classes, ctx):
+        net = _bn_free_net(recipe, classes, ctx)
+        made.append(weakref.ref(net))
+        return net
+
+    monkeypatch.setattr(engine, "build_model", tracked)
+    gc.disable()  # only train()'s own collection may free it
+    try:
+        r, _ = tiny_recipe(tmp_path)
+        train(r, tmp_path / "run", progress=False)
+        assert made and made[0]() is None
+    finally:
+        gc.enable()

@@ -183,7 +183,7 @@ def test_zoo_teacher_with_other_class_count(monkeypatch, tmp_path):
     """A 10-class zoo teacher for a 100-class student is refused."""
     import gluon_tricks.models as models
 
-    monkeypatch.setattr(models, "_pretrained", lambda name, **k: models._get("cifar_resnet20_v1", classes=10))
+    monkeypatch.setattr(models, "_pretrained", lambda name, ctx, **k: models._get("cifar_resnet20_v1", classes=10))
     with pytest.raises(UserError, match="predicts 10 classes but the dataset has 100"):
         load_teacher(DistillSpec(teacher="cifar_resnet20_v1"), 100, [mx.cpu()])
 
@@ -230,3 +230,124 @@ def test_teacher_recipes_parse():
     assert coarse.model.name == "cifar_resnext29_16x64d" and not coarse.data.fine_labels and fine.data.fine_labels
     assert (coarse.data.batch_size, coarse.schedule.kind, coarse.schedule.warmup_epochs, coarse.smoothing.eps) == \
         (64, "cosine", 20, 0.1)
+
+
+# Pretrained networks on the run's contexts. Two CPU contexts stand in for two GPUs: GluonCV
+# loads zoo weights onto cpu(0) unless told otherwise, so cpu(1) sees what gpu:k would.
+TWO = [mx.cpu(0), mx.cpu(1)]
+
+
+def _sha1(path):
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def offline_zoo(tmp_path, monkeypatch):
+    """A GluonCV model cache under a fresh $MXNET_HOME holding cifar_resnet20_v1 weights under
+    GluonCV's file name, registered as the zoo's current version; any download attempt fails."""
+    import gluoncv.model_zoo.model_store as store
+
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(store, "download", offline)
+
+    def publish(seed, current=False):
+        mx.random.seed(seed)
+        net = model("cifar_resnet20_v1", classes=10)
+        net(mx.nd.zeros((1, 3, 32, 32)))
+        staged = tmp_path / f"staged-{seed}.params"
+        net.save_parameters(str(staged))
+        sha1 = _sha1(staged)
+        staged.rename(tmp_path / "models" / f"cifar_resnet20_v1-{sha1[:8]}.params")  # GluonCV's naming
+        if current:
+            monkeypatch.setitem(store._model_sha1, "cifar_resnet20_v1", sha1)
+        return net, sha1[:8]
+
+    return publish
+
+
+def _train_one_step(net, contexts):
+    x = mx.nd.random.uniform(shape=(4, 3, 32, 32))
+    y = mx.nd.array([0, 1, 2, 3])
+    trainer = gluon.Trainer(net.collect_params(), "nag", {"learning_rate": 0.1, "momentum": 0.9},
+                            kvstore="device")
+    before = {n: p.data(contexts[-1]).copy() for n, p in net.collect_params().items() if p.grad_req != "null"}
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    with mx.autograd.record():
+        losses = [loss_fn(net(xd), yd) for xd, yd in zip(gluon.utils.split_and_load(x, contexts),
+                                                          gluon.utils.split_and_load(y, contexts))]
+    mx.autograd.backward(losses)
+    trainer.step(4)
+    moved = 0
+    for n, p in net.collect_params().items():
+        if p.grad_req == "null":
+            continue
+        copies = [p.data(c).asnumpy() for c in contexts]
+        np.testing.assert_array_equal(copies[0], copies[1])  # one update, the same on every device
+        moved += not np.array_equal(copies[-1], before[n].asnumpy())
+    assert moved > 0
+
+
+def test_pretrained_student_lands_on_every_context(offline_zoo):
+    published, _ = offline_zoo(seed=1, current=True)
+    r = recipe_from_dict({"model": {"name": "cifar_resnet20_v1", "pretrained": True}})
+    x = mx.nd.random.uniform(shape=(2, 3, 32, 32))
+    with mx.autograd.predict_mode():
+        expected = published(x).asnumpy()
+    for classes in (10, 7):  # the zoo's own output layer, and a fresh one for fine-tuning
+        net = build_model(r, classes, TWO)
+        for name, p in net.collect_params().items():
+            assert set(p.list_ctx()) == set(TWO), name
+        with mx.autograd.predict_mode():
+            outs = [net(x.as_in_context(c)).asnumpy() for c in TWO]
+        np.testing.assert_array_equal(outs[0], outs[1])
+        if classes == 10:
+            np.testing.assert_allclose(outs[1], expected, rtol=1e-5, atol=1e-6)
+        else:
+            assert outs[1].shape == (2, 7)
+        _train_one_step(net, TWO)
+
+
+def test_zoo_teacher_by_tag_loads_that_version_offline_on_every_context(offline_zoo):
+    current, _ = offline_zoo(seed=1, current=True)
+    older, tag = offline_zoo(seed=2)
+    x = mx.nd.random.uniform(shape=(2, 3, 32, 32))
+    with mx.autograd.predict_mode():
+        want_current, want_older = current(x).asnumpy(), older(x).asnumpy()
+    assert not np.allclose(want_current, want_older)
+    for source, want in ((f"cifar_resnet20_v1:{tag}", want_older), ("cifar_resnet20_v1", want_current)):
+        teacher = load_teacher(DistillSpec(teacher=source), 10, TWO)
+        for c in TWO:
+            np.testing.assert_allclose(teacher(x.as_in_context(c)).asnumpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_missing_zoo_weights_name_the_exact_file(tmp_path, monkeypatch):
+    import gluoncv.model_zoo.model_store as store
+
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path))
+    monkeypatch.setattr(store, "download", lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    with pytest.raises(UserError) as e:
+        load_teacher(DistillSpec(teacher="resnet152_v1d:cfe0220d"), 1000, TWO)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert f"{tmp_path}/models/resnet152_v1d-cfe0220d.params is missing" in msg
+    assert "get_model('resnet152_v1d', pretrained='cfe0220d')" in msg
+    # without a tag: the zoo's current version, named by GluonCV 0.10.5's published short hash
+    with pytest.raises(UserError, match=r"models/resnet152_v1d-cddbc86f\.params is missing"):
+        load_teacher(DistillSpec(teacher="resnet152_v1d"), 1000, TWO)
+    # a file that is there but is not the tagged version
+    (tmp_path / "models" / "resnet152_v1d-cfe0220d.params").write_bytes(b"not these weights")
+    with pytest.raises(UserError, match="has another SHA1"):
+        load_teacher(DistillSpec(teacher="resnet152_v1d:cfe0220d"), 1000, TWO)
+
+
+@pytest.mark.parametrize("source", ["resnet152_v1d:", "resnet152_v1d:latest", "resnet152_v1d:cfe0220z"])
+def test_malformed_zoo_tag(source):
+    with pytest.raises(UserError, match="hexadecimal short hash"):
+        load_teacher(DistillSpec(teacher=source), 1000, TWO)

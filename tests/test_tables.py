@@ -159,14 +159,14 @@ def test_tiny_table_runs_resumes_and_renders(tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "train", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_table(table, runs_root=runs, progress=False)
+        run_table(table, runs_root=runs, progress=False, in_process=True)
     done_a = list(runs.glob("row-a-*/result.json"))
     assert len(done_a) == 1
     before = done_a[0].read_bytes()
-    run_table(table, runs_root=runs, progress=False)
+    run_table(table, runs_root=runs, progress=False, in_process=True)
     assert calls == ["row-a", "row-b", "row-b"]  # A was not trained again
     assert done_a[0].read_bytes() == before
-    run_table(table, runs_root=runs, progress=False)
+    run_table(table, runs_root=runs, progress=False, in_process=True)
     assert calls == ["row-a", "row-b", "row-b"]  # nothing left to train
 
     rows = collect(table, runs_root=runs)

@@ -44,15 +44,32 @@ class CifarTest:
         return test_batches(self.images, self.labels, self.batch_size, self.augment)
 
 
+# Which augmentations each reader implements: the CIFAR ones are batch-wise numpy on 32-px
+# images, the ImageNet-style ones (RecordIO, image folders) the Bag of Tricks pipeline.
+AUGMENTS = {"cifar": ("followup", "gluoncv", "none"), "imagenet": ("bot", "none")}
+
+
+def check_augment(spec) -> None:
+    kind = "cifar" if spec.dataset in CIFAR_SETS else "imagenet"
+    if spec.augment not in AUGMENTS[kind]:
+        raise UserError(f"data.augment = {spec.augment!r} is not an augmentation of data.dataset = "
+                        f"{spec.dataset!r}; use one of: {', '.join(AUGMENTS[kind])}")
+
+
 def make_streams(recipe, rank: int = 0, workers: int = 1):
     """(train stream, test stream, number of classes, number of training images)."""
     spec = recipe.data
+    check_augment(spec)
     if spec.dataset in CIFAR_SETS:
         from gluon_tricks.data.augment import cifar_augment
         from gluon_tricks.data.loader import TrainStream
 
         train, test = load_datasets(spec)
         classes = recipe.model.classes or train.classes
+        top = max(int(train.labels.max(initial=0)), int(test.labels.max(initial=0)))
+        if top >= classes:
+            raise UserError(f"model.classes = {classes} but {spec.dataset} has labels up to {top}; "
+                            f"set model.classes to at least {top + 1}, or 0 for the dataset's {train.classes}")
         stream = TrainStream(train.images, train.labels, spec.batch_size, cifar_augment(spec, train=True),
                              recipe.seed, part=rank, parts=workers)
         return stream, CifarTest(test.images, test.labels, spec.batch_size, cifar_augment(spec, train=False)), \
@@ -62,6 +79,9 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
         from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, read_classes
 
         classes = recipe.model.classes or read_classes(root)
+        if classes and read_classes(root) and classes < read_classes(root):
+            raise UserError(f"model.classes = {classes} but {root}/train.classes.txt lists {read_classes(root)}; "
+                            "set model.classes to 0 (that count) or more")
         if not classes:
             raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
                             "`gluon-tricks prepare`); set model.classes")
@@ -71,4 +91,7 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
 
     train = FolderTrainStream(recipe, root, rank, workers)
     classes = recipe.model.classes or train.classes
+    if classes < train.classes:
+        raise UserError(f"model.classes = {classes} but {root}/train has {train.classes} class folders; "
+                        "set model.classes to 0 (the folder count) or more")
     return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size

@@ -19,6 +19,7 @@ step), so a resumed ImageNet run matches an uninterrupted one only statistically
 """
 from __future__ import annotations
 
+import errno
 import os
 from multiprocessing import Pool
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.data.streams import trimmed_batches, val_resize
-from gluon_tricks.errors import UserError, first_line
+from gluon_tricks.errors import UserError, first_line, shown
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -65,27 +66,78 @@ def _encode(args):
     return buf.tobytes() if ok else None
 
 
+# Characters that would break a tab-separated .lst row (im2rec's format) or a listing line.
+_UNSAFE_NAME = ("\t", "\n", "\r")
+
+
+def label_classes(src_classes: list[str], out_prefix: Path) -> list[str]:
+    """The class list labels are numbered by: train's (`<dir>/train.classes.txt`, when
+    preparing another split beside it), so a val/ lacking a class keeps train's labels;
+    else the source's own sorted folders."""
+    train_list = out_prefix.parent / "train.classes.txt"
+    if out_prefix.name == "train" or not train_list.is_file():
+        return src_classes
+    train_classes = [l for l in train_list.read_text().splitlines() if l]
+    extra = [c for c in src_classes if c not in train_classes]
+    if extra:
+        raise UserError(f"classes missing from {shown(train_list)}: {', '.join(map(repr, extra))[:300]}; "
+                        "val and train need the same class folders (val may lack some)")
+    return train_classes
+
+
 def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, workers: int = 0,
             progress: bool = True) -> dict:
     """Class folders -> OUT.rec + OUT.idx + OUT.lst (+ OUT.classes.txt, OUT.skipped.txt).
 
     The records are MXNet's own format (`mx.recordio.MXIndexedRecordIO`, IRHeader + JPEG
     bytes), the same as `tools/im2rec.py` writes; we run the loop ourselves because im2rec
-    only prints unreadable files, and here they must be skipped *and* listed."""
+    only prints unreadable files, and here they must be skipped *and* listed.
+
+    Atomic: everything is written under temporary names and renamed only at the end
+    (.rec/.idx/.lst/.classes.txt last), so a kill or a full disk leaves no output that
+    looks complete. `.lst` has one row per written record: record id, label, path."""
     import mxnet as mx
 
     src, out_prefix = Path(src), Path(out_prefix)
-    items, classes = list_images(src)
+    items, src_classes = list_images(src)
+    unsafe = [rel for _, rel in items if any(c in rel for c in _UNSAFE_NAME)]
+    if unsafe:
+        raise UserError(f"{len(unsafe)} file name(s) contain a tab or line break, which the .lst index cannot "
+                        f"hold, e.g. {shown(unsafe[0])[:200]}; rename them (nothing was written)")
+    classes = label_classes(src_classes, out_prefix)
+    index = {name: classes.index(name) for name in src_classes}
+    items = [(index[src_classes[label]], rel) for label, rel in items]
     # Shuffled once, with a fixed seed (as im2rec does by default): ImageRecordIter gives
     # each worker a contiguous part of the file (part_index/num_parts), so records written
     # class by class would give each worker of a distributed job only some of the classes.
     items = [items[i] for i in np.random.default_rng(100).permutation(len(items))]
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out_prefix}.lst", "w") as f:
-        for i, (label, rel) in enumerate(items):
-            f.write(f"{i}\t{label}\t{rel}\n")
-    Path(f"{out_prefix}.classes.txt").write_text("\n".join(classes) + "\n")
-    record = mx.recordio.MXIndexedRecordIO(f"{out_prefix}.idx", f"{out_prefix}.rec", "w")
+    finals = {ext: Path(f"{out_prefix}.{ext}") for ext in ("rec", "idx", "lst", "classes.txt", "skipped.txt")}
+    temps = {ext: p.with_name(f".{p.name}.tmp{os.getpid()}") for ext, p in finals.items()}
+    try:
+        out_prefix.parent.mkdir(parents=True, exist_ok=True)
+        info = _write_records(src, items, classes, temps, resize, quality, workers, progress, out_prefix.name)
+        # skipped.txt first, the four files that make a dataset last: a kill in between
+        # leaves no .rec/.idx pair that looks complete without its .lst and classes.
+        for ext in ("skipped.txt", "lst", "classes.txt", "idx", "rec"):
+            os.replace(temps[ext], finals[ext])
+    except (OSError, mx.MXNetError) as e:
+        for t in temps.values():
+            try:
+                t.unlink(missing_ok=True)
+            except OSError:
+                pass
+        reason = "the disk is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else \
+            (getattr(e, "strerror", None) or first_line(e, 160))
+        raise UserError(f"could not write {shown(out_prefix)}.rec/.idx/.lst: {reason}; nothing was written "
+                        "(free space or choose another output)") from None
+    return info
+
+
+def _write_records(src, items, classes, temps, resize, quality, workers, progress, name) -> dict:
+    import mxnet as mx
+
+    temps["classes.txt"].write_text("\n".join(classes) + "\n")
+    record = mx.recordio.MXIndexedRecordIO(str(temps["idx"]), str(temps["rec"]), "w")
     jobs = [(str(src / rel), resize, quality) for _, rel in items]
     skipped = []
     workers = workers or os.cpu_count() or 1
@@ -93,23 +145,26 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"prepare {out_prefix.name}", unit="img")
+        bar = tqdm(total=len(jobs), desc=f"prepare {name}", unit="img")
     written = 0
-    with Pool(workers) as pool:
-        for i, encoded in enumerate(pool.imap(_encode, jobs, chunksize=16)):
-            label, rel = items[i]
-            if encoded is None:
-                skipped.append(rel)
-            else:
-                header = mx.recordio.IRHeader(0, float(label), written, 0)
-                record.write_idx(written, mx.recordio.pack(header, encoded))
-                written += 1
-            if bar is not None:
-                bar.update(1)
-    record.close()
-    if bar is not None:
-        bar.close()
-    Path(f"{out_prefix}.skipped.txt").write_text("".join(s + "\n" for s in skipped))
+    try:
+        with Pool(workers) as pool, open(temps["lst"], "w") as lst:
+            for i, encoded in enumerate(pool.imap(_encode, jobs, chunksize=16)):
+                label, rel = items[i]
+                if encoded is None:
+                    skipped.append(rel)
+                else:
+                    header = mx.recordio.IRHeader(0, float(label), written, 0)
+                    record.write_idx(written, mx.recordio.pack(header, encoded))
+                    lst.write(f"{written}\t{label}\t{rel}\n")
+                    written += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        record.close()
+        if bar is not None:
+            bar.close()
+    temps["skipped.txt"].write_text("".join(s + "\n" for s in skipped))
     return {"records": written, "skipped": skipped, "classes": len(classes)}
 
 
@@ -141,10 +196,21 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
             good += 1
         else:
             good += 1
+    # A record started but never indexed (a kill mid-write) sits after the last indexed one;
+    # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
+    # must end exactly at the end of the file (records are padded to 4 bytes).
+    end = 0
+    if reader.keys:
+        last = max(reader.keys, key=lambda k: reader.idx[k])
+        reader.seek(last)
+        end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
+    trailing = rec_path.stat().st_size - end
     reader.close()
     if writer is not None:
         writer.close()
-    return {"records": good + len(bad), "bad": bad}
+    if trailing:
+        bad.append(f"{trailing} bytes after the last indexed record")
+    return {"records": good + len([b for b in bad if isinstance(b, int)]), "bad": bad}
 
 
 def _record_error(rec: Path, e: Exception) -> UserError:
@@ -168,6 +234,22 @@ def count_records(idx: Path) -> int:
 def read_classes(root: Path) -> int | None:
     p = root / "train.classes.txt"
     return len([l for l in p.read_text().splitlines() if l.strip()]) if p.is_file() else None
+
+
+def check_val_classes(root: Path) -> None:
+    """val's labels are numbers in its classes.txt: they must be train's numbers."""
+    lists = {part: root / f"{part}.classes.txt" for part in ("train", "val")}
+    if not all(p.is_file() for p in lists.values()):
+        return
+    train, val = ([l for l in p.read_text().splitlines() if l] for p in lists.values())
+    if train != val:
+        missing = [c for c in train if c not in val]
+        extra = [c for c in val if c not in train]
+        what = "; ".join(x for x in (f"lacks {', '.join(map(repr, missing))}" if missing else "",
+                                     f"adds {', '.join(map(repr, extra))}" if extra else "") if x) or "orders them differently"
+        raise UserError(f"{shown(lists['val'])} numbers the classes differently from train.classes.txt "
+                        f"(val {shown(what)[:300]}): labels would not match; run `gluon-tricks prepare` for val "
+                        "again after train (it then labels val by train's class names)")
 
 
 class RecordTrainStream:
@@ -226,6 +308,7 @@ class RecordTestStream:
         for p in (self.rec, self.idx):
             if not p.is_file():
                 raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/val {root}/val`")
+        check_val_classes(root)
         self.n = count_records(self.idx)
         if spec.test_limit:
             self.n = min(self.n, spec.test_limit)

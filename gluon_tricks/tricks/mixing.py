@@ -86,6 +86,28 @@ def stitch_plan(n: int, h: int, w: int, lam: float, partner: np.ndarray, axis: s
                    np.array([wt, 1 - wt], np.float32))
 
 
+def tile_partners(n: int, how: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Three orderings for a tile's other cells such that each image's three partners
+    differ from each other and from the image (for n >= 4), and each ordering is a
+    permutation (every image fills each cell exactly once per batch).
+
+    The reversed batch and its half-rolls have this property only when n % 4 == 0
+    (for n = 6 image 1 gets partner 4 twice), so other sizes, and random partners, use
+    shifts by three distinct non-zero offsets along a cycle of the batch: the identity
+    order for `reversed`, a random order for `random`."""
+    if how != "random" and n % 4 == 0:
+        return partners(n, how, rng, 3)
+    if how == "random":
+        order = rng.permutation(n)
+        offsets = rng.choice(np.arange(1, n), size=3, replace=False) if n >= 4 else np.arange(1, 4) % max(n, 1)
+    else:
+        order = np.arange(n)
+        offsets = np.array([n // 2, n // 4, n // 2 + n // 4]) if n >= 4 else np.arange(1, 4) % max(n, 1)
+    position = np.empty(n, np.int64)
+    position[order] = np.arange(n)
+    return [order[(position + d) % n] for d in offsets]
+
+
 def tile_plan(n: int, h: int, w: int, lam_h: float, lam_w: float, others: list[np.ndarray]) -> MixPlan:
     ch, cw = int(h * lam_h), int(w * lam_w)
     masks = np.zeros((4, h, w), np.float32)
@@ -130,7 +152,7 @@ class Mixer:
         lam = float(rng.beta(s.alpha, s.alpha))
         if kind == "tile":
             lam_w = float(rng.beta(s.alpha, s.alpha))
-            plan = tile_plan(n, h, w, lam, lam_w, partners(n, s.partner, rng, 3))
+            plan = tile_plan(n, h, w, lam, lam_w, tile_partners(n, s.partner, rng))
         else:
             if kind in s.min_lambda_kinds and lam < s.min_lambda:
                 lam = 1.0  # the follow-up's stitch code: a tiny lambda means "do not mix"

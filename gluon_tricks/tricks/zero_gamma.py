@@ -7,16 +7,17 @@ from mxnet import init as mx_init
 from mxnet.gluon import nn
 
 def residual_blocks(net) -> list:
-    """Every residual block: in GluonCV's zoo (CIFAR ResNet/ResNeXt, ResNet v1, v1b-d)
-    these are exactly the blocks with a `downsample` attribute (None when the
-    shortcut is the identity)."""
-    return [b for b in descendants(net) if hasattr(b, "downsample")]
+    """Every block that adds its branch to a shortcut: in GluonCV's zoo (CIFAR
+    ResNet/ResNeXt, ResNet v1, v1b-d) the blocks with a `downsample` attribute (None when
+    the shortcut is the identity), and MobileNet-V2's LinearBottlenecks whose
+    `use_shortcut` is set (stride 1, same width). Inception and MobileNet v1 have none."""
+    return [b for b in descendants(net) if hasattr(b, "downsample") or getattr(b, "use_shortcut", False)]
 
 
 def last_batchnorm(block):
     """The last BatchNorm of a block's residual branch (outside its downsample shortcut):
     the one whose output is added to the shortcut."""
-    shortcut = block.downsample
+    shortcut = getattr(block, "downsample", None)
     branch = [b for b in descendants(block, skip=shortcut) if isinstance(b, nn.BatchNorm)]
     return branch[-1] if branch else None
 

@@ -1,0 +1,355 @@
+"""`gluon-tricks doctor`: is this machine ready to train, and if not, what to do.
+
+Every line is OK, WARN (works, but not as intended) or FAIL (a run would fail), with
+the fix. Checked: Python and the installed packages against the pins in setup.py,
+which MXNet wheel is installed and what it was built with (CUDA, cuDNN, NCCL, the
+distributed kvstore), the GPUs MXNet sees and their memory, every shared library
+libmxnet.so needs and where it resolves, OpenMP threads, whether each table's data
+and teacher files are present, and free disk. Exit status 1 when anything FAILs.
+"""
+from __future__ import annotations
+
+import ast
+import ctypes
+import importlib.util
+import os
+import shutil
+import struct
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from gluon_tricks import cuda_libs
+
+FEATURES = ("CUDA", "CUDNN", "NCCL", "DIST_KVSTORE")
+MXNET_WHEELS = ("mxnet", cuda_libs.CUDA_WHEEL)
+# CUDA 11 minor-version compatibility: any driver from 450.80.02 runs CUDA 11.x libraries.
+MIN_DRIVER = (450, 80, 2)
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Line:
+    status: str  # OK | WARN | FAIL
+    text: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.status:<4} {self.text}" + (f"  -> {self.fix}" if self.fix else "")
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The DT_NEEDED sonames of a 64-bit little-endian ELF shared library (what `readelf -d`
+    lists as NEEDED), read from its dynamic section without loading it."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
+        shoff, = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+        f.seek(shoff)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", f.read(shentsize)) for _ in range(shnum)]
+        dynamic = next((s for s in sections if s[1] == 6), None)  # SHT_DYNAMIC
+        if dynamic is None:
+            return []
+        strtab = sections[dynamic[6]]  # sh_link: the section holding the names
+        f.seek(strtab[4])
+        names = f.read(strtab[5])
+        f.seek(dynamic[4])
+        raw = f.read(dynamic[5])
+    out = []
+    for tag, value in struct.iter_unpack("<qQ", raw):
+        if tag == 0:  # DT_NULL ends the table
+            break
+        if tag == 1:  # DT_NEEDED: an offset into the string table
+            out.append(names[value:names.index(b"\0", value)].decode())
+    return out
+
+
+def mxnet_library() -> Path | None:
+    """libmxnet.so of the installed MXNet, found without importing (and linking) it."""
+    spec = importlib.util.find_spec("mxnet")
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "libmxnet.so"
+    return path if path.is_file() else None
+
+
+def _loads(soname: str) -> str | None:
+    """None if the dynamic linker finds `soname` (LD_LIBRARY_PATH, ld.so.cache), else why not."""
+    try:
+        ctypes.CDLL(soname)
+        return None
+    except OSError as e:
+        return str(e)
+
+
+def library_lines(lib: Path | None = None, loaded: dict | None = None) -> list[Line]:
+    """Each library libmxnet.so needs: bundled in the wheel, loaded from a pip package by
+    cuda_libs, or found by the system's dynamic linker; a FAIL with the fix otherwise."""
+    lib = lib or mxnet_library()
+    if lib is None:
+        return [Line("FAIL", "MXNet is not installed", "pip install -e '.[cpu]' (or '.[gpu]' on a GPU machine)")]
+    loaded = cuda_libs.LOADED if loaded is None else loaded
+    pip_dist = {soname: dist for soname, dist, _ in cuda_libs.PIP_CUDA_LIBS}
+    cuda = [n for n in elf_needed(lib) if n in pip_dist or n == cuda_libs.DRIVER_LIB]
+    lines, system_missing = [], []
+    for soname in elf_needed(lib):
+        if (lib.parent / soname).is_file():
+            continue  # the wheel's own copy (RPATH $ORIGIN)
+        if soname in loaded:
+            lines.append(Line("OK", f"{soname}: {loaded[soname]} (pip)"))
+            continue
+        why = cuda_libs.ERRORS.get(soname) or _loads(soname)
+        if why is None:
+            if soname in cuda:
+                lines.append(Line("OK", f"{soname}: found by the system's dynamic linker"))
+            continue
+        if soname == cuda_libs.DRIVER_LIB:
+            lines.append(Line("FAIL", f"{soname} (the NVIDIA driver) not found",
+                              "install the NVIDIA driver (>= 450.80.02; `nvidia-smi` must work)"))
+        elif soname in pip_dist:
+            lines.append(Line("FAIL", f"{soname} not found ({why.splitlines()[0][:120]})",
+                              f"pip install -e '.[gpu]' (brings {pip_dist[soname]}) or put a CUDA 11 "
+                              "toolkit's lib64 on LD_LIBRARY_PATH"))
+        else:
+            system_missing.append(soname)
+    if system_missing:
+        lines.append(Line("FAIL", f"system libraries not found: {', '.join(system_missing)}",
+                          "install them with the OS package manager (e.g. apt-get install libgomp1)"))
+    if not cuda:
+        lines.append(Line("OK", f"{lib.name}: CPU build, every library it needs resolves" if not system_missing
+                          else f"{lib.name}: CPU build"))
+    elif cuda_libs.cuda_wheel_installed() and _loads("libz.so.1") is not None:
+        lines.append(Line("FAIL", "libz.so.1 not found (cuDNN's convolution library needs it)",
+                          "apt-get install zlib1g"))
+    return lines
+
+
+def requirement_pins(setup_py: Path | None = None) -> tuple[str, list[str]]:
+    """(python_requires, requirement strings) of gluon-tricks: from the installed metadata,
+    else read (never executed) from setup.py, the one place pins live."""
+    try:
+        meta = metadata.metadata("gluon-tricks")
+        if setup_py is None:
+            return meta.get("Requires-Python", ""), list(metadata.requires("gluon-tricks") or [])
+    except metadata.PackageNotFoundError:
+        pass
+    tree = ast.parse((setup_py or PROJECT / "setup.py").read_text())
+    lists, python = {}, ""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.List):
+            lists[node.targets[0].id] = [ast.literal_eval(e) for e in node.value.elts]
+        if isinstance(node, ast.keyword) and node.arg == "python_requires":
+            python = ast.literal_eval(node.value)
+    reqs = list(lists.get("CORE", []))
+    for extra, var in (("cpu", "MXNET_CPU"), ("gpu", "MXNET_GPU")):
+        reqs += [f'{r}; extra == "{extra}"' for r in lists.get(var, [])]
+    return python, reqs
+
+
+def pin_lines(python_requires: str, requirements: list[str], python_version: str | None = None,
+              installed=None) -> list[Line]:
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    def version_of(dist):
+        if installed is not None:
+            return installed.get(dist)
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    py = python_version or ".".join(map(str, sys.version_info[:3]))
+    lines = []
+    if python_requires and py not in SpecifierSet(python_requires):
+        lines.append(Line("FAIL", f"Python {py} is outside {python_requires}",
+                          f"create the venv with a Python {python_requires} (e.g. uv python install 3.11)"))
+    else:
+        lines.append(Line("OK", f"Python {py} ({python_requires or 'no pin'})"))
+    wheels = [w for w in MXNET_WHEELS if version_of(w)]
+    if len(wheels) > 1:
+        lines.append(Line("FAIL", f"both {' and '.join(wheels)} are installed (they share one mxnet/ package)",
+                          "pip uninstall -y mxnet mxnet-cu112, then pip install -e '.[gpu]' (or '.[cpu]')"))
+    # The extra that was installed is the one whose MXNet wheel is present ([gpu] also brings
+    # the CUDA libraries); the other extra and the test tools are not checked.
+    extra = "gpu" if cuda_libs.CUDA_WHEEL in wheels else "cpu"
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        have = version_of(req.name)
+        fix = f"pip install -e '.[{extra}]'" if req.marker is not None else "pip install -e ."
+        if have is None:
+            lines.append(Line("FAIL", f"{req.name} is not installed (needs {req.specifier})", fix))
+        elif have not in req.specifier:
+            lines.append(Line("FAIL", f"{req.name} {have} does not satisfy {req.specifier}", fix))
+        else:
+            lines.append(Line("OK", f"{req.name} {have} ({req.specifier})"))
+    return lines
+
+
+def mxnet_lines() -> list[Line]:
+    """MXNet's build features and the GPUs it sees (imports MXNet: after the library lines)."""
+    try:
+        import mxnet as mx
+    except Exception as e:  # an unresolved library surfaces as OSError, others as they come
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+        return [Line("FAIL", f"import mxnet failed: {first}", "see the library lines above")]
+    features = mx.runtime.Features()
+    have = {f: features.is_enabled(f) for f in FEATURES}
+    text = "MXNet build: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in have.items())
+    lines = []
+    driver = nvidia_driver()
+    if have["CUDA"]:
+        lines.append(Line("OK" if all(have.values()) else "WARN", text))
+    elif driver:
+        lines.append(Line("WARN", text + f"; this machine has NVIDIA driver {driver} but the CPU wheel",
+                          "make install MXNET_EXTRA=gpu (or pip uninstall -y mxnet && pip install -e '.[gpu]')"))
+    else:
+        lines.append(Line("OK", text + " (CPU wheel, no NVIDIA driver: runs use the CPU)"))
+    if not have["DIST_KVSTORE"]:
+        lines.append(Line("WARN", "no distributed kvstore: `gluon-tricks launch` cannot run", "use the PyPI wheel"))
+    if driver:
+        parts = tuple(int(p) for p in driver.split("."))
+        if parts < MIN_DRIVER:
+            lines.append(Line("FAIL", f"NVIDIA driver {driver} is older than CUDA 11 needs",
+                              "install a driver >= 450.80.02 (any current one)"))
+    if have["CUDA"]:
+        n = mx.context.num_gpus()
+        if n == 0:
+            lines.append(Line("FAIL", "MXNet sees no GPU", "check `nvidia-smi` and CUDA_VISIBLE_DEVICES"))
+        for i in range(n):
+            free, total = mx.context.gpu_memory_info(i)
+            lines.append(Line("OK", f"gpu:{i}: {total / 2**30:.1f} GB, {free / 2**30:.1f} GB free"))
+    return lines
+
+
+def nvidia_driver() -> str | None:
+    """The loaded NVIDIA kernel driver's version, e.g. '535.183.01', or None."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    import re
+
+    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", text)
+    return m.group(1) if m else None
+
+
+def omp_lines(env=None, cores: int | None = None) -> list[Line]:
+    env = os.environ if env is None else env
+    cores = cores or os.cpu_count() or 1
+    value = env.get("OMP_NUM_THREADS")
+    if not value:
+        return [Line("WARN", f"OMP_NUM_THREADS unset: MXNet uses half of the {cores} cores outside gluon-tricks",
+                     f"export OMP_NUM_THREADS={cores} (gluon-tricks commands set it themselves)")]
+    if not value.isdigit() or int(value) < 1:
+        return [Line("FAIL", f"OMP_NUM_THREADS={value!r} is not a positive integer", f"export OMP_NUM_THREADS={cores}")]
+    if int(value) > cores:
+        return [Line("WARN", f"OMP_NUM_THREADS={value} exceeds the {cores} cores (threads fight for them)",
+                     f"export OMP_NUM_THREADS={cores}")]
+    return [Line("OK", f"OMP_NUM_THREADS={value} of {cores} cores")]
+
+
+def data_missing(spec) -> tuple[list[str], str]:
+    """(missing files, how to get them) for a recipe's data section."""
+    if spec.dataset == "cifar10-mini":
+        return [], ""
+    if spec.dataset in ("cifar10", "cifar100"):
+        from gluon_tricks.data.cifar import _find_files, default_root
+
+        root = Path(spec.root) if spec.root else default_root(spec.dataset)
+        ok = all(_find_files(root, spec.dataset, train) for train in (True, False))
+        return ([] if ok else [f"{root}/ ({spec.dataset})"]), "downloaded on the first run (needs internet)"
+    root = Path(spec.root) if spec.root else \
+        Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
+    if spec.dataset == "recordio":
+        need = [n for n in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx") if not (root / n).is_file()]
+        return ([f"{root}/{{{','.join(need)}}}"] if need else []), \
+            f"gluon-tricks prepare IMAGES/train {root}/train (and val)"
+    need = [root / "train", root / "val"]
+    return [f"{p}/" for p in need if not p.is_dir()], "class folders train/ and val/ (docs/imagenet.md)"
+
+
+def teacher_missing(spec) -> tuple[list[str], str]:
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.models import teacher_file, zoo_source, zoo_weights_file
+
+    if not spec.teacher:
+        return [], ""
+    path = teacher_file(spec.teacher)
+    if path is not None:
+        return ([] if path.is_file() else [str(path)]), "teacher/train_teacher.sh (docs/reproduce.md)"
+    try:
+        expected = zoo_weights_file(*zoo_source(spec.teacher))
+    except UserError as e:
+        return [f"{spec.teacher} ({e})"], ""
+    return ([] if expected.is_file() else [str(expected)]), "GluonCV downloads it on first use (needs internet)"
+
+
+def table_lines(root: Path | None = None) -> list[Line]:
+    from gluon_tricks.cli import recipes_root
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.tables import load_table, row_recipes, table_names
+
+    root = root or recipes_root()
+    lines = []
+    for name in table_names(root):
+        try:
+            table = load_table(root, name)
+            if table.out_of_scope:
+                continue
+            missing, fixes = {}, []
+            for row in table.rows:
+                for recipe in row_recipes(row, 1, 1.0):
+                    for files, fix in (data_missing(recipe.data), teacher_missing(recipe.distill)):
+                        for f in files:
+                            missing.setdefault(f, fix)
+        except UserError as e:
+            lines.append(Line("FAIL", f"table {name}: {e}"))
+            continue
+        if not missing:
+            lines.append(Line("OK", f"table {name}: data and teachers present"))
+            continue
+        fixes = sorted({fix for fix in missing.values() if fix})
+        lines.append(Line("WARN", f"table {name}: missing {', '.join(missing)}", "; ".join(fixes)))
+    return lines
+
+
+def disk_lines(paths=None, warn_gb: float = 20.0, fail_gb: float = 1.0) -> list[Line]:
+    from gluon_tricks.results import default_runs_root
+
+    paths = paths or {"runs": default_runs_root(),
+                      "MXNET_HOME": Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet"))}
+    lines = []
+    for label, path in paths.items():
+        probe = Path(path).resolve()
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free / 2**30
+        status = "FAIL" if free < fail_gb else "WARN" if free < warn_gb else "OK"
+        fix = "" if status == "OK" else ("free space or point it elsewhere (ImageNet RecordIO takes ~60-150 GB, "
+                                          "each checkpoint one network plus optimizer state)")
+        lines.append(Line(status, f"disk at {label} ({path}): {free:.0f} GB free", fix))
+    return lines
+
+
+def run(out=print) -> int:
+    sections = [
+        ("Python and packages", lambda: pin_lines(*requirement_pins())),
+        ("Libraries libmxnet.so needs", library_lines),
+        ("MXNet and GPUs", mxnet_lines),
+        ("Threads", omp_lines),
+        ("Tables: data and teacher files", table_lines),
+        ("Disk", disk_lines),
+    ]
+    failed = False
+    for title, check in sections:
+        out(f"== {title}")
+        for line in check():
+            out(str(line))
+            failed |= line.status == "FAIL"
+    return 1 if failed else 0
