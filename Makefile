@@ -31,7 +31,7 @@ STAMP := $(VENV)/.installed-py$(PYVER)-$(MXNET_EXTRA)-$(shell cksum setup.py | c
 # mxnet and mxnet-cu112 both write the package `mxnet/`: a venv holds exactly one of them.
 MXNET_OTHER := $(if $(filter gpu,$(MXNET_EXTRA)),mxnet,mxnet-cu112)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean mutate
 
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a venv: on Ubuntu, sudo apt-get install python$(PYVER)-venv"; exit 1; }
@@ -52,6 +52,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Each behaviour mutant of tools/mutate.py against the tests that pin it (~30 min; docs/testing.md).
+mutate: $(STAMP)
+	$(PY) tools/mutate.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

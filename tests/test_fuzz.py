@@ -1,6 +1,4 @@
 """Random recipes and command lines end in a clean error, never a crash or a hang."""
-from gluon_tricks._compat import tomllib
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,10 +37,6 @@ def test_random_recipes_load_or_fail_cleanly(tmp_path, entries):
     path = tmp_path / "r.toml"
     path.write_text(text)
     try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        pass
-    try:
         load_recipe(path)
     except UserError as e:
         assert "\n" not in str(e)
@@ -60,8 +54,6 @@ def test_random_command_lines_fail_cleanly(argv):
     # Never allow a real training or table run: the fuzz is about argument handling.
     if argv[:1] in (["train"], ["plot"], ["schedule"]) and not any(a in argv for a in ("nowhere.toml", "followup/table99", "", "tpu")):
         argv = argv + ["nowhere.toml"]
-    if "--run" in argv:
-        return
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's usage errors

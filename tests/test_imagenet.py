@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
-from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, crop_box, prepare
+from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, prepare
 from gluon_tricks.errors import UserError
 from gluon_tricks.tricks.smoothing import smooth_targets
 from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD, recipe_from_dict
@@ -79,17 +79,32 @@ def test_prepare_cli_lists_skipped(tmp_path, capsys):
     assert "6 images in 3 classes" in captured.out and "class1/broken.jpg" in captured.err
 
 
-def test_crop_sampling_respects_area_and_aspect():
-    rng = np.random.default_rng(0)
-    H, W = 300, 400
-    for _ in range(3000):
-        x, y, w, h = crop_box(H, W, rng)
-        assert 0 <= x and x + w <= W and 0 <= y and y + h <= H
-        assert 0.08 * 0.97 <= w * h / (H * W) <= 1.0
-        assert 3 / 4 * 0.97 <= w / h <= 4 / 3 * 1.03
-    # a sliver no crop can fit: the centered fallback stays inside and within the ratio bounds
-    x, y, w, h = crop_box(10, 1000, np.random.default_rng(1))
-    assert (w, h) == (13, 10) and x == (1000 - 13) // 2
+def test_training_crops_are_the_papers_random_resized_crops(dataset, monkeypatch):
+    """Bag of Tricks 2.1, as typed from the paper: a crop of area in [8%, 100%] and aspect ratio
+    in [3/4, 4/3], flipped with p = 0.5, hue/saturation/brightness coefficients from [0.6, 1.4],
+    PCA noise from N(0, 0.1): the arguments both training readers really get."""
+    from mxnet.gluon.data.vision import transforms
+
+    from gluon_tricks.data import make_streams
+
+    base, out, _, _ = dataset
+    iters, crops = [], []
+    real_iter, real_crop = mx.io.ImageRecordIter, transforms.RandomResizedCrop.__init__
+    monkeypatch.setattr(mx.io, "ImageRecordIter", lambda *a, **k: (iters.append(k), real_iter(*a, **k))[1])
+    monkeypatch.setattr(transforms.RandomResizedCrop, "__init__",
+                        lambda self, *a, **k: (crops.append((a, k)), real_crop(self, *a, **k))[1])
+    trains = lambda: [k for k in iters if k["path_imgrec"].endswith("train.rec")]  # noqa: E731
+    make_streams(recipe(out), 0, 1)
+    (train,) = trains()
+    assert train["random_resized_crop"] and train["rand_mirror"]
+    assert (train["min_random_area"], train["max_random_area"]) == (0.08, 1.0)
+    assert (train["min_aspect_ratio"], train["max_aspect_ratio"]) == pytest.approx((3 / 4, 4 / 3))
+    assert (train["brightness"], train["saturation"], train["pca_noise"]) == pytest.approx((0.4, 0.4, 0.1))
+    make_streams(recipe(out, min_area=0.25), 0, 1)
+    assert trains()[-1]["min_random_area"] == 0.25
+    make_streams(recipe(base, dataset="imagefolder"), 0, 1)
+    ((size,), kw) = crops[-1]
+    assert size == 32 and kw["scale"] == (0.08, 1.0) and kw["ratio"] == pytest.approx((3 / 4, 4 / 3))
 
 
 def test_record_train_stream_shapes_targets_and_shards(dataset):

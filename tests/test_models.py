@@ -6,7 +6,7 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.models import build_model, count_flops, count_params, load_teacher
+from gluon_tricks.models import build_model, count_flops, count_params, load_teacher, output_classes
 from gluon_tricks.recipe import DistillSpec, recipe_from_dict
 from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.tricks.zero_gamma import last_batchnorm, residual_blocks
@@ -194,15 +194,28 @@ def test_unknown_model_name():
 
 
 def test_export_copies_the_newest_valid_checkpoint(tmp_path, tiny_recipe_dict):
+    """Two checkpoints on disk (after epochs 1 and 2): export copies the newest one's
+    parameters byte for byte, and skips it for the previous one when it is corrupt."""
+    import json
+
     from gluon_tricks.cli import main
     from gluon_tricks.engine import train
 
-    r = recipe_from_dict(dict(tiny_recipe_dict, epochs=1))
-    train(r, tmp_path / "run", progress=False)
+    data = dict(tiny_recipe_dict["data"], batch_size=32, train_limit=64, test_limit=32, augment="none")
+    train(recipe_from_dict(dict(tiny_recipe_dict, epochs=2, data=data)), tmp_path / "run", progress=False)
+    ckpts = {json.loads((d / "state.json").read_text())["next_epoch"]: d
+             for d in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert sorted(ckpts) == [1, 2]
+    newest, older = (ckpts[2] / "net.params").read_bytes(), (ckpts[1] / "net.params").read_bytes()
+    assert newest != older
     out = tmp_path / "t.params"
     assert main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert out.read_bytes() == newest
+    (ckpts[2] / "net.params").write_bytes(newest[: len(newest) // 2])
+    assert main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert out.read_bytes() == older
     teacher = load_teacher(DistillSpec(teacher=str(out), teacher_model="cifar_resnet20_v1"), 10, [mx.cpu()])
-    assert teacher is not None
+    assert output_classes(teacher) == 10
     assert main(["export", str(tmp_path / "nothing"), str(out)]) == 2
 
 

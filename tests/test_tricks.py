@@ -212,25 +212,25 @@ def test_cast_keeps_batchnorm_in_float32():
 
 
 def test_multi_precision_update_keeps_fp32_master_weights():
-    opt = mx.optimizer.create("nag", learning_rate=0.1, momentum=0.9, wd=0.0, multi_precision=True)
-    updater = mx.optimizer.get_updater(opt)
-    w = mx.nd.array([1.0, 2.0], dtype="float16")
-    g = mx.nd.array([1e-4, 1e-4], dtype="float16")
-    for _ in range(3):
-        updater(0, g, w)
-    w.wait_to_read()
-    momentum_state, master = updater.states[0]  # MXNet keeps (optimizer state, fp32 copy)
-    assert master.dtype == np.float32
-    # NAG with momentum m: mom = m*mom + g; w -= lr*(g + m*mom); three steps of a constant g
-    gval = float(np.float16(1e-4))
-    mom, expected = 0.0, 1.0
-    for _ in range(3):
-        mom = 0.9 * mom + gval
-        expected -= 0.1 * (gval + 0.9 * mom)
-    assert master.asnumpy()[0] == pytest.approx(expected, rel=1e-6)
-    assert momentum_state.asnumpy()[0] == pytest.approx(-0.1 * mom, rel=1e-5)  # MXNet stores -lr * momentum
-    # the fp16 copy could not have represented these tiny steps on its own
-    assert w.asnumpy()[0] == np.float16(expected)
+    """A float16 recipe's optimizer (the project's construction) keeps an fp32 master copy of each
+    fp16 weight: ten updates of 1e-4 each, below half the fp16 spacing at 1.0 (2**-11), move the
+    weight to fp16(0.999); an fp16-only update would round every one of them away."""
+    from seams import make_optimizer
+
+    r = recipe_from_dict({"model": {"dtype": "float16"}, "schedule": {"kind": "constant"},
+                          "optim": {"name": "nag", "lr": 0.1, "momentum": 0.0, "wd": 0.0}})
+    name, params = make_optimizer(r, iters_per_epoch=10)
+    w = mx.gluon.Parameter("w", shape=(4,), dtype="float16", init=mx.init.One())
+    w.initialize(ctx=mx.cpu())
+    trainer = mx.gluon.Trainer([w], name, params, kvstore=None)
+    assert trainer.optimizer.multi_precision is True
+    for _ in range(10):
+        with autograd.record():
+            loss = (w.data() * 1e-3).sum()  # gradient 1e-3 for every weight
+        loss.backward()
+        trainer.step(1)
+    assert np.all(w.data().asnumpy() == np.float16(1 - 10 * 0.1 * 1e-3))
+    assert np.float16(1 - 10 * 0.1 * 1e-3) != np.float16(1.0)
 
 
 def test_loss_scaler_static_and_dynamic():

@@ -20,7 +20,6 @@ step), so a resumed ImageNet run matches an uninterrupted one only statistically
 from __future__ import annotations
 
 import errno
-import math
 import os
 from multiprocessing import Pool
 from pathlib import Path
@@ -251,29 +250,6 @@ def check_val_classes(root: Path) -> None:
         raise UserError(f"{shown(lists['val'])} numbers the classes differently from train.classes.txt "
                         f"(val {shown(what)[:300]}): labels would not match; run `gluon-tricks prepare` for val "
                         "again after train (it then labels val by train's class names)")
-
-
-def crop_box(height: int, width: int, rng: np.random.Generator, min_area: float = 0.08,
-             ratio=(3 / 4, 4 / 3), attempts: int = 10) -> tuple[int, int, int, int]:
-    """The random-resized-crop sample of Bag of Tricks (x, y, w, h): area fraction uniform in
-    [min_area, 1], log-uniform aspect ratio in `ratio`; after `attempts` misses, the largest
-    centered crop within the ratio bounds (the usual fallback)."""
-    area = height * width
-    for _ in range(attempts):
-        target = area * rng.uniform(min_area, 1.0)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = height, int(round(height * ratio[1]))
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
 
 
 class RecordTrainStream:
