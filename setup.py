@@ -27,7 +27,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["gluon_tricks", "gluon_tricks.*"]),
-    package_data={"gluon_tricks": ["data/cifar10_mini/*", "paper_numbers/*.csv"]},
+    package_data={"gluon_tricks": ["data/cifar10_mini/*", "data/cifar100_mini/*", "paper_numbers/*.csv"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={"cpu": MXNET_CPU, "gpu": MXNET_GPU, "test": TEST},
