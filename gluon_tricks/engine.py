@@ -72,6 +72,8 @@ def make_optimizer(recipe, iters_per_epoch: int) -> tuple[str, dict]:
     }
     if o.name in MOMENTUM_OPTIMIZERS:
         params["momentum"] = o.momentum
+    if o.epsilon:  # 0 keeps MXNet's per-optimizer default (1e-8 Adam/Nadam/RMSProp, 1e-5 AdaDelta)
+        params["epsilon"] = o.epsilon
     return o.name, params
 
 

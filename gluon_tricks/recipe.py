@@ -64,6 +64,7 @@ class OptimSpec:
     linear_scaling: bool = False  # lr * batch_size / lr_reference_batch
     lr_reference_batch: int = 256
     loss_scale: str = "none"  # none | dynamic | a number such as "128" (float16 only)
+    epsilon: float = 0.0  # adam | nadam | rmsprop | adadelta: 0 = MXNet's own default for that optimizer
 
 
 @dataclass
@@ -75,6 +76,10 @@ class ScheduleSpec:
     warmup_epochs: int = 0
     warmup_start_lr: float = 0.0
     final_lr: float = 0.0  # cosine and poly decay towards this
+    # step only: where decay_epochs are counted from. "start": epochs of the whole run (Bag of
+    # Tricks; GluonCV's ImageNet script subtracts the warm-up for this). "warmup_end": after the
+    # warm-up, as GluonCV's LRSequential runs a step LRScheduler that the follow-up's code built.
+    decay_from: str = "start"
 
 
 @dataclass
@@ -88,7 +93,12 @@ class MixupSpec:
     kind: str = "none"  # none | interpolation | stitch_height | stitch_width | tile | random
     alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
     partner: str = "reversed"  # reversed (the follow-up's and GluonCV's code) | random (Liang et al.)
-    min_lambda: float = 0.0  # lambda below this means no mixing (the follow-up's code used 0.1)
+    min_lambda: float = 0.0  # lambda below this means no mixing (the follow-up's stitch code used 0.1)
+    # The kinds min_lambda applies to. The follow-up's code tested `lam < 0.1` in its stitch
+    # branch only; its interpolation branch (and GluonCV's mixup) never did. So a recipe that
+    # inherits min_lambda cannot silently unmix about a third of its interpolation batches
+    # (P(lambda < 0.1) = 0.34 at alpha 0.2): it must list "interpolation" here to ask for it.
+    min_lambda_kinds: list[str] = field(default_factory=lambda: ["stitch_height", "stitch_width"])
     label_weight: str = "lambda"  # stitch labels mixed by lambda (the papers) or by the area cut
     choices: list[str] = field(default_factory=lambda: ["interpolation", "stitch_height", "stitch_width"])
     off_first_epochs: int = 0
@@ -140,12 +150,14 @@ CHOICES = {
     "model.dtype": {"float32", "float16"},
     "optim.name": {"nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"},
     "schedule.kind": {"step", "cosine", "poly", "constant"},
+    "schedule.decay_from": {"start", "warmup_end"},
     "smoothing.form": {"gluoncv", "paper"},
     "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
     "mixup.partner": {"reversed", "random"},
     "mixup.label_weight": {"lambda", "area"},
     "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
 }
+MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
 # Sections that say how to run, not what to compute.
 NOT_IDENTITY = {"name", "description", "system"}
 
@@ -221,9 +233,16 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
-    bad_choices = set(r.mixup.choices) - {"interpolation", "stitch_height", "stitch_width", "tile"}
+    bad_choices = set(r.mixup.choices) - MIX_KINDS
     if bad_choices or not r.mixup.choices:
         problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")
+    if set(r.mixup.min_lambda_kinds) - {"interpolation", "stitch_height", "stitch_width"}:
+        problems.append("mixup.min_lambda_kinds may list only interpolation, stitch_height, stitch_width "
+                        "(tile never skips a mix)")
+    if r.optim.epsilon < 0:
+        problems.append("optim.epsilon must be >= 0 (0 = MXNet's default for the optimizer)")
+    elif r.optim.epsilon and r.optim.name in ("nag", "sgd"):
+        problems.append(f"optim.epsilon is for adam, nadam, rmsprop, adadelta; {r.optim.name} takes none (remove it)")
     if len(r.data.mean) != 3 or len(r.data.std) != 3 or min(r.data.std) <= 0:
         problems.append("data.mean and data.std need 3 values each, std > 0")
     if r.optim.loss_scale not in ("none", "dynamic"):
@@ -334,14 +353,88 @@ def scale_epochs(recipe: Recipe, factor: float) -> Recipe:
     return _build(d, recipe.name)
 
 
+# Identity design. A result is found by the hash of `identity(recipe)`, which keeps only the
+# settings that (1) the recipe's own choices make the training use and (2) differ from the
+# field's declared default:
+# - (1) makes recipes that train the same thing share one result: a cosine or poly row ignores
+#   `decay_epochs`, so the follow-up's "30/60/90" and "40/80" cosine rows are one training
+#   (the paper's two numbers for it are two runs); mixup settings with mixup off, and so on.
+# - (2) lets a key be added later without touching any existing result: give it the default
+#   that reproduces the behaviour from before it existed, and every recipe that does not set it
+#   keeps its hash. The price is that changing a default would now change the training of
+#   every recipe relying on it under an unchanged hash, so tests/test_fidelity.py pins every
+#   default against hand-written values: a default never changes without a test failing.
+def _mix_kinds(m: dict) -> set[str]:
+    if m["kind"] == "none":
+        return set()
+    return set(m["choices"]) if m["kind"] == "random" else {m["kind"]}
+
+
+def unused_settings(recipe: Recipe) -> list[str]:
+    """Keys (`section.key`) the recipe's other settings make irrelevant to its training."""
+    d = recipe.to_dict()
+    s, m = d["schedule"], d["mixup"]
+    out = []
+    if s["kind"] != "step" or s["warmup_epochs"] == 0:
+        out.append("schedule.decay_from")  # without a warm-up both counts start at epoch 0
+    if s["kind"] != "step":
+        out += ["schedule.decay_epochs", "schedule.decay_factor"]
+    if s["kind"] != "poly":
+        out.append("schedule.power")
+    if s["kind"] not in ("cosine", "poly"):
+        out.append("schedule.final_lr")
+    if s["warmup_epochs"] == 0:
+        out.append("schedule.warmup_start_lr")
+    if d["smoothing"]["eps"] == 0:
+        out.append("smoothing.form")  # both forms give the one-hot target at eps 0
+    kinds = _mix_kinds(m)
+    if not kinds:
+        out += [f"mixup.{k}" for k in m]
+    else:
+        if m["kind"] != "random":
+            out.append("mixup.choices")
+        if not kinds & {"stitch_height", "stitch_width"}:
+            out.append("mixup.label_weight")
+        if m["min_lambda"] == 0 or not kinds & set(m["min_lambda_kinds"]):
+            out += ["mixup.min_lambda", "mixup.min_lambda_kinds"]
+    if d["distill"]["teacher"] == "":
+        out += [f"distill.{k}" for k in d["distill"]]
+    return out
+
+
+def _dataset_classes(data: dict) -> int | None:
+    """Classes a dataset's labels take, where the recipe alone says so."""
+    if data["dataset"] == "cifar100":
+        return 100 if data["fine_labels"] else 20
+    return {"cifar10": 10, "cifar10-mini": 10}.get(data["dataset"])
+
+
 def identity(recipe: Recipe) -> dict:
-    """What a result depends on: everything but names and how/where it ran."""
-    return {k: v for k, v in recipe.to_dict().items() if k not in NOT_IDENTITY}
+    """What a result depends on: the used, non-default settings, but not names or how/where it
+    ran (see the design note above)."""
+    values, defaults = recipe.to_dict(), Recipe().to_dict()
+    for key in unused_settings(recipe):
+        section, name = key.split(".")
+        values[section][name] = defaults[section][name]
+    if values["model"]["classes"] == _dataset_classes(values["data"]):
+        values["model"]["classes"] = defaults["model"]["classes"]  # an explicit head of the dataset's size
+    out = {}
+    for k, v in values.items():
+        if k in NOT_IDENTITY:
+            continue
+        if isinstance(v, dict):
+            changed = {kk: vv for kk, vv in v.items() if vv != defaults[k][kk]}
+            if changed:
+                out[k] = changed
+        elif v != defaults[k]:
+            out[k] = v
+    return out
 
 
 def content_hash(recipe: Recipe) -> str:
     """Results are found by this hash: renaming a file keeps its result, and any
-    change of a hyperparameter gives a new hash, so a stale result is never reused."""
+    change of a hyperparameter the training uses gives a new hash, so a stale result
+    is never reused."""
     blob = json.dumps(identity(recipe), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

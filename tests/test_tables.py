@@ -92,7 +92,7 @@ def test_faithful_followup_rows_use_coarse_labels_and_vertical_is_the_same_run()
     assert horiz.recipe_path == vert.recipe_path
     r = load_recipe(horiz.recipe_path)
     assert (r.data.fine_labels, r.mixup.kind, r.data.batch_size, r.epochs, r.mixup.min_lambda) == \
-        (False, "stitch_height", 128, 200, 0.1)
+        (False, "stitch_height", 256, 200, 0.1)
     fine = load_table(root, "followup/table3-fine")
     from gluon_tricks.tables import row_recipes
     assert all(rec.data.fine_labels for row in fine.rows for rec in row_recipes(row, 1, 1.0))

@@ -113,7 +113,7 @@ def test_partner_choices():
 
 
 def test_min_lambda_means_no_mixing():
-    spec = MixupSpec(kind="interpolation", alpha=0.2, min_lambda=0.1)
+    spec = MixupSpec(kind="interpolation", alpha=0.2, min_lambda=0.1, min_lambda_kinds=["interpolation"])
     mixer = mixing.Mixer(spec, 10)
     seen_small = False
     for seed in range(200):

@@ -132,8 +132,8 @@ class Mixer:
             lam_w = float(rng.beta(s.alpha, s.alpha))
             plan = tile_plan(n, h, w, lam, lam_w, partners(n, s.partner, rng, 3))
         else:
-            if lam < s.min_lambda:  # the follow-up's code: a tiny lambda means "do not mix"
-                lam = 1.0
+            if kind in s.min_lambda_kinds and lam < s.min_lambda:
+                lam = 1.0  # the follow-up's stitch code: a tiny lambda means "do not mix"
             partner = partners(n, s.partner, rng)[0]
             if kind == "interpolation":
                 plan = interpolation_plan(n, h, w, lam, partner)

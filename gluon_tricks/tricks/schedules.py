@@ -16,12 +16,14 @@ import math
 
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
           warmup_start_lr: float = 0.0, decay_epochs=(30, 60, 90), decay_factor: float = 0.1,
-          power: float = 2.0, final_lr: float = 0.0) -> float:
+          power: float = 2.0, final_lr: float = 0.0, decay_from: str = "start") -> float:
     """The learning rate of iteration t (0-based).
 
     - warm-up: linear from warmup_start_lr at t=0 towards base_lr over warmup_epochs;
     - step: base_lr * decay_factor**(number of decay epochs passed), counted from the
-      start of training as in both papers ([30, 60, 90] of 120 epochs);
+      start of training (decay_from "start": Bag of Tricks, GluonCV's ImageNet script) or
+      from the end of the warm-up (decay_from "warmup_end": GluonCV's LRSequential of a
+      warm-up and a step LRScheduler, as the follow-up's code built it);
     - cosine (Bag of Tricks eq. in Sec. 5.1): final + (base - final) * (1 + cos(pi t'/T)) / 2
       with t' and T the iteration and the total count after warm-up;
     - poly: final + (base - final) * (1 - t'/T)**power.
@@ -32,7 +34,10 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
     if kind == "constant":
         return base_lr
     if kind == "step":
-        passed = sum(1 for e in decay_epochs if t >= e * iters_per_epoch)
+        if decay_from not in ("start", "warmup_end"):
+            raise ValueError(f"unknown decay_from {decay_from!r}")
+        offset = warm if decay_from == "warmup_end" else 0
+        passed = sum(1 for e in decay_epochs if t >= offset + e * iters_per_epoch)
         return base_lr * decay_factor ** passed
     span = max(1, epochs * iters_per_epoch - warm)
     frac = min(1.0, (t - warm) / span)
@@ -48,7 +53,7 @@ def schedule_args(recipe) -> dict:
     s = recipe.schedule
     return dict(kind=s.kind, base_lr=scaled_lr(recipe), epochs=recipe.epochs, warmup_epochs=s.warmup_epochs,
                 warmup_start_lr=s.warmup_start_lr, decay_epochs=tuple(s.decay_epochs),
-                decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr)
+                decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr, decay_from=s.decay_from)
 
 
 def scaled_lr(recipe) -> float:
