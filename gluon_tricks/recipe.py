@@ -404,7 +404,7 @@ def unused_settings(recipe: Recipe) -> list[str]:
 
 def _dataset_classes(data: dict) -> int | None:
     """Classes a dataset's labels take, where the recipe alone says so."""
-    if data["dataset"] == "cifar100":
+    if data["dataset"] in ("cifar100", "cifar100-mini"):
         return 100 if data["fine_labels"] else 20
     return {"cifar10": 10, "cifar10-mini": 10}.get(data["dataset"])
 
