@@ -40,7 +40,7 @@ def test_proxy_rows_change_only_the_scale_of_the_recipe_they_extend(name):
     changed = {k for k in a if a[k] != b[k]} - {"name", "description"}
     assert changed <= SCALE_KEYS, changed - SCALE_KEYS
     assert proxy.data.dataset == "cifar100-mini"
-    assert proxy.epochs == round(full.epochs / 20)  # 120 -> 6, 200 -> 10
+    assert proxy.epochs == round(full.epochs / 30)  # 120 -> 4, 200 -> 7
     assert proxy.data.batch_size * 4 == full.data.batch_size
     if full.schedule.warmup_epochs:
         assert proxy.schedule.warmup_epochs == 1
