@@ -1,6 +1,7 @@
 """PNG pictures (matplotlib, headless): schedules, mixing examples, curves, bars."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -43,7 +44,8 @@ def plot_schedules(recipes, out: Path, iters_per_epoch: int = 196, labels=None) 
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for i, ((k, lrs), names) in enumerate((key, v) for key, v in curves.items() if key[0] == kind):
-            ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs, label=", ".join(names), **_style(i))
+            label = "\n".join(textwrap.wrap(", ".join(names), 48))  # long lists stay inside the figure
+            ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs, label=label, **_style(i))
         ax.set_title(f"{kind} schedule", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("learning rate")

@@ -88,16 +88,61 @@ def copy_results(runs: Path) -> int:
     return len(dirs)
 
 
+def coarse_beside_fine(runs: Path | None = None) -> str:
+    """Markdown: each row's top-1 and top-5 on coarse labels beside fine labels (mean ± std, seeds)."""
+    from gluon_tricks.cli import recipes_root
+    from gluon_tricks.plots import twin_rows
+    from gluon_tricks.tables import collect, load_table
+
+    table = load_table(recipes_root(), "proxy")
+    rows = collect(table, runs_root=runs)
+
+    def cell(r, metric):
+        if r[metric] is None:
+            return "not run"
+        text = f"{r[metric]:.2f}" if r["runs"] < 2 else f"{r[metric]:.2f} ± {r[metric + '_std']:.2f}"
+        return f"{text} ({r['runs']})"
+
+    lines = ["| row | coarse top-1 | fine top-1 | coarse top-5 | fine top-5 |", "|---|---|---|---|---|"]
+    for label, c, f in twin_rows(table):
+        lines.append(f"| {label} | {cell(rows[c], 'top1')} | {cell(rows[f], 'top1')} | "
+                     f"{cell(rows[c], 'top5')} | {cell(rows[f], 'top5')} |")
+    return "\n".join(lines) + "\n\n(n) = seeds with a result; mean ± std over them.\n"
+
+
+def report(timing: dict | None, runs: Path) -> None:
+    """Copy the finished runs into results/ and write docs/proxy/: timing, tables, pictures."""
+    os.environ["GLUON_TRICKS_RESULTS"] = ""  # copy from the runs root only
+    print(f"{copy_results(runs)} runs copied into results/")
+    del os.environ["GLUON_TRICKS_RESULTS"]
+    docs = ROOT / "docs" / "proxy"
+    docs.mkdir(parents=True, exist_ok=True)
+    if timing:
+        (docs / "suite.json").write_text(json.dumps(timing, indent=2) + "\n")
+    gluon_tricks("table", "proxy")
+    gluon_tricks("table", "proxy/teachers")
+    # 1,117 images at batch 64: 18 steps per epoch
+    gluon_tricks("plot", "proxy", "--out", str(docs), "--iters-per-epoch", "18")
+    for unused in ("ours_vs_paper.png", "mixing_examples.png"):  # no paper numbers at proxy scale
+        (docs / unused).unlink(missing_ok=True)
+    (docs / "coarse_beside_fine.md").write_text(coarse_beside_fine())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs-scale", type=float, default=1.0)
     p.add_argument("--runs", default=os.environ.get("GLUON_TRICKS_RUNS", "runs"))
     p.add_argument("--half", choices=sorted(TEACHERS), help=argparse.SUPPRESS)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: copy what has finished into results/ and redraw docs/proxy/")
     args = p.parse_args()
     runs = Path(args.runs)
     if not runs.is_absolute():
         runs = ROOT / runs
+    if args.report_only:
+        report(None, runs)
+        return 0
     # Train into the runs root even where committed results exist: they are what this replaces.
     os.environ["GLUON_TRICKS_RESULTS"] = ""
     if args.half:
@@ -126,17 +171,7 @@ def main() -> int:
         return 1
     if args.epochs_scale != 1:
         return 0
-    del os.environ["GLUON_TRICKS_RESULTS"]
-    print(f"{copy_results(runs)} runs copied into results/")
-    docs = ROOT / "docs" / "proxy"
-    docs.mkdir(parents=True, exist_ok=True)
-    (docs / "suite.json").write_text(json.dumps(timing, indent=2) + "\n")
-    gluon_tricks("table", "proxy")
-    gluon_tricks("table", "proxy/teachers")
-    # 1,117 images at batch 64: 18 steps per epoch
-    gluon_tricks("plot", "proxy", "--out", str(docs), "--iters-per-epoch", "18")
-    for unused in ("ours_vs_paper.png", "mixing_examples.png"):  # no paper numbers at proxy scale
-        (docs / unused).unlink(missing_ok=True)
+    report(timing, runs)
     return 0
 
 
