@@ -179,6 +179,8 @@ def plot_coarse_vs_fine(rows: list[dict], twins, out: Path, title: str = "") -> 
             if np.isfinite(m):
                 ax.annotate(f"{m:.1f}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom",
                             fontsize=6, xytext=(0, 2), textcoords="offset points")
+    for chance, style, name in ((100 / 20, "--", "chance, coarse (1/20)"), (100 / 100, ":", "chance, fine (1/100)")):
+        ax.axhline(chance, color="grey", linestyle=style, linewidth=1, label=name)
     ax.set_xticks(pos)
     ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=7)
     ax.set_ylabel("test top-1 (%)")

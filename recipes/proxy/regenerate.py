@@ -4,10 +4,10 @@
     python recipes/proxy/regenerate.py --epochs-scale 0.1 --seeds 1 --runs /tmp/smoke  # smoke test
 
 Two processes, one per label set (coarse, fine), one thread each. Each trains, in order: the
-first seed of every row that needs no teacher; the proxy teacher (the shipped teacher recipe
-at proxy scale), exported with `gluon-tricks export` to the .params file the distillation row
-loads; the distillation row; then the other seeds of every row. So an interrupted suite has
-every row as early as possible, and running this again resumes it. At full scale it then
+proxy teacher (the shipped teacher recipe at proxy scale), exported with `gluon-tricks export`
+to the .params file the distillation row loads; the distillation row; the first seed of every
+other row; then the other seeds of every row. So an interrupted suite has every row as early
+as possible, and running this again resumes it (an unfinished run from its last checkpoint). At full scale it then
 copies the finished runs (no checkpoints) into results/, where a fresh clone finds them,
 writes the suite's wall and CPU time to docs/proxy/suite.json, prints the table and draws
 the pictures into docs/proxy/.
@@ -57,15 +57,12 @@ def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
         teacher_file = str(runs / f"proxy-teacher-{labels}-scaled.params")
         per_row = [[with_changes(r, [f'distill.teacher="{teacher_file}"']) if r.distill.teacher else r for r in rs]
                    for rs in per_row]
-    for rs in per_row:
-        if not rs[0].distill.teacher:
-            run(rs[0])
+    # The longest chain first: teacher, its export, the distillation row; then the other rows.
     teacher = scale_epochs(load_recipe(ROOT / "recipes" / "proxy" / TEACHERS[labels]), scale)
     teacher_run = run(teacher)
     gluon_tricks("export", str(teacher_run), teacher_file)
-    for rs in per_row:
-        if rs[0].distill.teacher:
-            run(rs[0])
+    for rs in sorted(per_row, key=lambda rs: not rs[0].distill.teacher):
+        run(rs[0])
     for seed in range(1, seeds):
         for rs in per_row:
             run(rs[seed])
