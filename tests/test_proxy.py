@@ -85,3 +85,34 @@ def test_committed_results_are_found_after_the_runs_root(tmp_path, monkeypatch):
     assert find_result("0123456789abcdef", runs)[1]["final_top1"] == 2.0  # the runs root wins
     monkeypatch.setenv("GLUON_TRICKS_RESULTS", "")
     assert find_result("0123456789abcdef", tmp_path / "elsewhere") is None  # committed ones ignored
+
+
+def test_a_fresh_clone_prints_the_committed_results(tmp_path, monkeypatch, capsys):
+    """`gluon-tricks table proxy` with an empty runs root prints what results/ holds, read here
+    straight from its result.json files, for every row that has them (the baseline at least)."""
+    import statistics
+
+    from gluon_tricks.cli import main
+
+    monkeypatch.delenv("GLUON_TRICKS_RESULTS", raising=False)
+    committed = Path(__file__).resolve().parent.parent / "results"
+    by_hash = {}
+    for d in committed.iterdir():
+        info = json.loads((d / "run.json").read_text())
+        by_hash[info["hash"]] = json.loads((d / "result.json").read_text())["final_top1"]
+        assert not (d / "checkpoints").exists(), d  # records only, no weights
+    assert main(["table", "proxy", "--runs", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    table = load_table(recipes_root(), "proxy")
+    printed = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+               if line.startswith("| ") and "---" not in line}
+    for row in table.rows:
+        values = [by_hash[h] for h in (content_hash(r) for r in row_recipes(row, table.seeds, 1.0)) if h in by_hash]
+        if row.label.startswith("Baseline"):
+            assert values, f"no committed result for {row.label}"
+        if not values:
+            assert printed[row.label] == "not run"
+        elif len(values) == 1:
+            assert printed[row.label] == f"{values[0]:.2f}"
+        else:
+            assert printed[row.label] == f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"

@@ -6,8 +6,9 @@
 Two processes, one per label set (coarse, fine), one thread each. Each trains, in order: the
 proxy teacher (the shipped teacher recipe at proxy scale), exported with `gluon-tricks export`
 to the .params file the distillation row loads; the distillation row; the first seed of every
-other row; then the other seeds of every row. So an interrupted suite has every row as early
-as possible, and running this again resumes it (an unfinished run from its last checkpoint). At full scale it then
+other row; then the other seeds, row by row, shortest rows first. So an interrupted suite has
+every row as early as possible, and running this again resumes it (an unfinished run from its
+last checkpoint). At full scale it then
 copies the finished runs (no checkpoints) into results/, where a fresh clone finds them,
 writes the suite's wall and CPU time to docs/proxy/suite.json, prints the table and draws
 the pictures into docs/proxy/.
@@ -63,9 +64,11 @@ def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
     gluon_tricks("export", str(teacher_run), teacher_file)
     for rs in sorted(per_row, key=lambda rs: not rs[0].distill.teacher):
         run(rs[0])
-    for seed in range(1, seeds):
-        for rs in per_row:
-            run(rs[seed])
+    # Then the other seeds row by row, shortest rows first: as many rows as possible reach
+    # every seed if the suite is stopped early.
+    for rs in sorted(per_row, key=lambda rs: rs[0].epochs):
+        for recipe in rs[1:]:
+            run(recipe)
 
 
 def copy_results(runs: Path) -> int:
