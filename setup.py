@@ -46,7 +46,7 @@ setup(
     # annotations at run time, which needs 3.9.
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["gluon_tricks", "gluon_tricks.*"]),
-    package_data={"gluon_tricks": ["data/cifar10_mini/*", "paper_numbers/*.csv"]},
+    package_data={"gluon_tricks": ["data/cifar10_mini/*", "data/cifar100_mini/*", "paper_numbers/*.csv"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={"cpu": MXNET_CPU, "gpu": MXNET_GPU, "test": TEST},

@@ -1,6 +1,7 @@
 """PNG pictures (matplotlib, headless): schedules, mixing examples, curves, bars."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,18 +20,37 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+# matplotlib's default cycle has 10 colours: past 10 lines they repeat. Colour and dash
+# pattern together give 40 distinct styles.
+_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+_DASHES = ["-", "--", ":", "-."]
+
+
+def _style(i: int) -> dict:
+    return {"color": _COLOURS[i % len(_COLOURS)], "linestyle": _DASHES[(i // len(_COLOURS)) % len(_DASHES)]}
+
+
 def plot_schedules(recipes, out: Path, iters_per_epoch: int = 196, labels=None) -> Path:
-    """Every recipe's learning rate per iteration over its whole run, on one axis."""
+    """Every recipe's learning rate per iteration over its whole run: one panel per schedule
+    kind; recipes with the same curve share one line (its legend names them all), so no
+    curve hides another, and every line has its own colour and dash pattern."""
     from gluon_tricks.tricks.schedules import lr_curve
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, r in enumerate(recipes):
-        lrs = lr_curve(r, iters_per_epoch)
-        ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs, label=labels[i] if labels else r.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    labels = labels or [r.name for r in recipes]
+    curves: dict[tuple, list[str]] = {}  # (kind, curve) -> labels, in first-seen order
+    for r, label in zip(recipes, labels):
+        curves.setdefault((r.schedule.kind, tuple(lr_curve(r, iters_per_epoch))), []).append(label)
+    kinds = list(dict.fromkeys(kind for kind, _ in curves))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for i, ((k, lrs), names) in enumerate((key, v) for key, v in curves.items() if key[0] == kind):
+            label = "\n".join(textwrap.wrap(", ".join(names), 48))  # long lists stay inside the figure
+            ax.plot(np.arange(len(lrs)) / iters_per_epoch, lrs, label=label, **_style(i))
+        ax.set_title(f"{kind} schedule", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("learning rate")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
     return _save(fig, out)
 
 
@@ -76,21 +96,25 @@ def plot_mixing_examples(out: Path, pairs: int = 4, seed: int = 0) -> Path:
 
 
 def plot_curves(rows: list[dict], out: Path, title: str = "") -> Path:
-    """Test top-1 and train loss per epoch of each row that has results."""
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for r in rows:
-        for k, metrics in enumerate(r.get("metrics") or []):
-            if not metrics:
-                continue
-            epochs = [m["epoch"] + 1 for m in metrics]
-            label = r["label"] if k == 0 else None
-            line = a1.plot(epochs, [m["top1"] for m in metrics], label=label)[0]
-            a2.plot(epochs, [m["train_loss"] for m in metrics], color=line.get_color())
+    """Test top-1 and train loss per epoch of each row that has results: the mean over its
+    seeds, with the band between the lowest and highest seed; one style per row."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, r in enumerate(rows):
+        runs = [m for m in (r.get("metrics") or []) if m]
+        if not runs:
+            continue
+        n = min(len(m) for m in runs)  # epochs every seed has finished
+        epochs = np.arange(1, n + 1)
+        for ax, key in ((a1, "top1"), (a2, "train_loss")):
+            values = np.array([[row[key] for row in m[:n]] for m in runs])
+            ax.plot(epochs, values.mean(0), label=r["label"] if ax is a1 else None, **_style(i))
+            if len(runs) > 1:
+                ax.fill_between(epochs, values.min(0), values.max(0), color=_style(i)["color"], alpha=0.12)
     a1.set_xlabel("epoch")
     a1.set_ylabel("test top-1 (%)")
     a2.set_xlabel("epoch")
     a2.set_ylabel("train loss")
-    a1.legend(fontsize=7)
+    a1.legend(fontsize=6)
     for a in (a1, a2):
         a.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -117,8 +141,59 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     return _save(fig, out)
 
 
+def twin_rows(table) -> list[tuple[str, int, int]]:
+    """(label, coarse row index, fine row index) for each recipe a table runs on both CIFAR-100
+    label sets: the same recipe file, once with coarse and once with fine labels."""
+    from gluon_tricks.tables import row_recipes
+
+    by_recipe: dict = {}
+    for i, row in enumerate(table.rows):
+        if row.recipe_path is None:
+            continue
+        recipe = row_recipes(row, 1, 1.0)[0]
+        if recipe.data.dataset in ("cifar100", "cifar100-mini"):
+            by_recipe.setdefault(row.recipe_path.resolve(), {})[recipe.data.fine_labels] = i
+    out = []
+    for pair in by_recipe.values():
+        if set(pair) == {False, True}:
+            label = table.rows[pair[False]].label
+            for suffix in (" (coarse)", " (faithful)", " (coarse, faithful)"):
+                label = label.removesuffix(suffix)
+            out.append((label, pair[False], pair[True]))
+    return sorted(out, key=lambda t: t[1])
+
+
+def plot_coarse_vs_fine(rows: list[dict], twins, out: Path, title: str = "") -> Path:
+    """Top-1 on the 20 coarse labels beside top-1 on the 100 fine labels, same recipe, images
+    and network; error bars are the std over seeds."""
+    labels = [t[0] for t in twins]
+    pos = np.arange(len(twins))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(twins)), 4.2))
+    for offset, which, name in ((-0.2, 1, "coarse labels (20 classes; the paper's numbers)"),
+                                (0.2, 2, "fine labels (100 classes)")):
+        rs = [rows[t[which]] for t in twins]
+        mean = [r["top1"] if r["top1"] is not None else np.nan for r in rs]
+        std = [r["top1_std"] or 0.0 for r in rs]
+        bars = ax.bar(pos + offset, mean, 0.4, yerr=std, capsize=3, label=name)
+        for b, m in zip(bars, mean):
+            if np.isfinite(m):
+                ax.annotate(f"{m:.1f}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom",
+                            fontsize=6, xytext=(0, 2), textcoords="offset points")
+    for chance, style, name in ((100 / 20, "--", "chance, coarse (1/20)"), (100 / 100, ":", "chance, fine (1/100)")):
+        ax.axhline(chance, color="grey", linestyle=style, linewidth=1, label=name)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=7)
+    ax.set_ylabel("test top-1 (%)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, out)
+
+
 def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196) -> list[Path]:
-    """All four pictures for a table, plus its markdown, into out_dir."""
+    """The table's pictures, plus its markdown, into out_dir: schedules, curves, ours vs
+    paper, mixing examples; for a table that runs recipes on both CIFAR-100 label sets, also
+    coarse beside fine and one curves picture per label set."""
     from gluon_tricks.tables import collect, render, row_recipes
 
     out_dir = Path(out_dir)
@@ -128,7 +203,14 @@ def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196)
         recipes = [row_recipes(r, 1, 1.0)[0] for r in table.rows]
         written.append(plot_schedules(recipes, out_dir / "schedules.png", iters_per_epoch,
                                       labels=[r.label for r in table.rows]))
-        written.append(plot_curves(rows, out_dir / "curves.png", table.title))
+        twins = twin_rows(table)
+        if twins:
+            written.append(plot_coarse_vs_fine(rows, twins, out_dir / "coarse_vs_fine.png", table.title))
+            for which, labels in ((1, "coarse"), (2, "fine")):
+                written.append(plot_curves([rows[t[which]] for t in twins], out_dir / f"curves_{labels}.png",
+                                           f"{table.title}: {labels} labels"))
+        else:
+            written.append(plot_curves(rows, out_dir / "curves.png", table.title))
     written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
     (out_dir / "table.md").write_text(render(table, "md", runs_root=runs_root) + "\n")

@@ -29,8 +29,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 @dataclass
 class DataSpec:
-    dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | imagefolder | recordio
-    root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (the vendored copy for cifar10-mini)
+    dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | cifar100-mini | imagefolder | recordio
+    root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (the vendored copy for the -mini sets)
     fine_labels: bool = True  # CIFAR-100 only: 100 fine classes, or the 20 coarse superclasses
     augment: str = "followup"  # followup | gluoncv | none | bot (ImageNet-style, issue 5)
     batch_size: int = 256  # global batch: split over every device and worker
@@ -154,7 +154,7 @@ class Recipe:
 
 # Fields that take one of a fixed set of words: checked at load time.
 CHOICES = {
-    "data.dataset": {"cifar10", "cifar100", "cifar10-mini", "imagefolder", "recordio"},
+    "data.dataset": {"cifar10", "cifar100", "cifar10-mini", "cifar100-mini", "imagefolder", "recordio"},
     "data.augment": {"followup", "gluoncv", "none", "bot"},
     "model.init": {"xavier", "msra"},
     "model.dtype": {"float32", "float16"},
@@ -454,7 +454,7 @@ def unused_settings(recipe: Recipe) -> list[str]:
 
 def _dataset_classes(data: dict) -> int | None:
     """Classes a dataset's labels take, where the recipe alone says so."""
-    if data["dataset"] == "cifar100":
+    if data["dataset"] in ("cifar100", "cifar100-mini"):
         return 100 if data["fine_labels"] else 20
     return {"cifar10": 10, "cifar10-mini": 10}.get(data["dataset"])
 

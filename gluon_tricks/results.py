@@ -397,17 +397,29 @@ class RunDir:
         return None
 
 
+def committed_results_root() -> Path | None:
+    """Finished runs committed with the project (run.json, recipe.toml, metrics.jsonl,
+    result.json; no checkpoints), searched after the runs root so a fresh clone prints them.
+    $GLUON_TRICKS_RESULTS names another directory; set it empty to ignore them (e.g. to retrain)."""
+    env = os.environ.get("GLUON_TRICKS_RESULTS")
+    if env is not None:
+        return Path(env) if env else None
+    return Path(__file__).resolve().parent.parent / "results"
+
+
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
-    """The finished run of a recipe, wherever its directory is named."""
+    """The finished run of a recipe, wherever its directory is named: in the runs root first,
+    then among the committed results."""
     root = Path(root) if root else default_runs_root()
-    if not root.is_dir():
-        return None
-    for d in sorted(root.iterdir()):
-        rd = RunDir(d)
-        if d.is_dir() and d.name.endswith(recipe_hash) or (rd.run_info() or {}).get("hash") == recipe_hash:
-            res = rd.result()
-            if res is not None and (rd.run_info() or {}).get("hash") == recipe_hash:
-                return d, res
+    for base in (root, committed_results_root()):
+        if base is None or not base.is_dir():
+            continue
+        for d in sorted(base.iterdir()):
+            rd = RunDir(d)
+            if d.is_dir() and d.name.endswith(recipe_hash) or (rd.run_info() or {}).get("hash") == recipe_hash:
+                res = rd.result()
+                if res is not None and (rd.run_info() or {}).get("hash") == recipe_hash:
+                    return d, res
     return None
 
 

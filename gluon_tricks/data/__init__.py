@@ -16,7 +16,7 @@ import numpy as np
 from gluon_tricks.data.cifar import ImageSet, load_cifar
 from gluon_tricks.errors import UserError, mxnet_home
 
-CIFAR_SETS = ("cifar10", "cifar100", "cifar10-mini")
+CIFAR_SETS = ("cifar10", "cifar100", "cifar10-mini", "cifar100-mini")
 
 
 def load_datasets(spec) -> tuple[ImageSet, ImageSet]:

@@ -5,15 +5,20 @@ found, MXNet's own dataset classes download and verify the official archives
 (`mx.gluon.data.vision.CIFAR10/CIFAR100`); offline, the error names the
 directory and the files that were expected.
 
+The vendored real subsets (`cifar10-mini`, `cifar100-mini`) are checked against
+their SHA256SUMS on load, so a damaged copy is named instead of trained on.
+
 The python format is a pickle. Pickles can run code, so it is read with an
 unpickler that only builds dicts, lists, strings, numbers and numpy arrays
 (`_SafeUnpickler`); anything else in the file is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +26,17 @@ import numpy as np
 
 from gluon_tricks.errors import UserError
 
-MINI_ROOT = Path(__file__).parent / "cifar10_mini"
+# The real subsets shipped inside the package (each folder's README says how they were cut).
+MINI_ROOTS = {
+    "cifar10-mini": Path(__file__).parent / "cifar10_mini",
+    "cifar100-mini": Path(__file__).parent / "cifar100_mini",
+}
+MINI_ROOT = MINI_ROOTS["cifar10-mini"]
+# The official format each name is read as.
+FORMAT_OF = {"cifar10": "cifar10", "cifar100": "cifar100", "cifar10-mini": "cifar10", "cifar100-mini": "cifar100"}
+# Seconds without a byte from the server before a download gives up (per connect and per read,
+# so a slow but moving download is never cut).
+DOWNLOAD_TIMEOUT = 60.0
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -56,8 +71,8 @@ class ImageSet:
 
 
 def default_root(dataset: str) -> Path:
-    if dataset == "cifar10-mini":
-        return MINI_ROOT
+    if dataset in MINI_ROOTS:
+        return MINI_ROOTS[dataset]
     home = os.environ.get("MXNET_HOME", os.path.join(os.path.expanduser("~"), ".mxnet"))
     return Path(home) / "datasets" / dataset
 
@@ -77,7 +92,7 @@ def read_binary(path: Path, dataset: str, fine_labels: bool = True) -> tuple[np.
     else:
         labels = raw[:, 0]
     images = raw[:, rec - 3072:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -110,8 +125,17 @@ def read_python(path: Path, dataset: str, fine_labels: bool = True) -> tuple[np.
     data = np.asarray(d[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
+    try:
+        labels = np.asarray(d[key], dtype=np.int64)
+    except (TypeError, ValueError):
+        labels = None
+    if labels is None or labels.ndim != 1:
+        raise UserError(f"{path}: {key.decode()} is not a list of integer labels; download it again")
+    if len(labels) != len(data):
+        # Accepting it would pair every later image with another image's label.
+        raise UserError(f"{path}: {len(labels)} labels for {len(data)} images; the file is damaged: download it again")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), np.asarray(d[key], dtype=np.int32)
+    return np.ascontiguousarray(images), labels
 
 
 def _find_files(root: Path, dataset: str, train: bool):
@@ -125,16 +149,47 @@ def _find_files(root: Path, dataset: str, train: bool):
     return None
 
 
-def _download(root: Path, dataset: str) -> None:
-    """MXNet's own download + SHA1 check of the official binary archive."""
+def _official_archive(dataset: str, root: Path) -> tuple[str, str, str]:
+    """(URL, file name, SHA-1) of the official binary archive, as MXNet's CIFAR classes name them."""
     import mxnet as mx  # deferred: reading files must not need MXNet
 
     cls = mx.gluon.data.vision.CIFAR10 if dataset == "cifar10" else mx.gluon.data.vision.CIFAR100
+
+    class _Archive(cls):
+        def _get_data(self):  # MXNet's constructor names the archive and its SHA-1, then calls this
+            pass
+
+    info = _Archive(root=str(root))
+    name, sha1 = info._archive_file
+    return mx.gluon.utils._get_repo_file_url("gluon/dataset/" + info._namespace, name), name, sha1
+
+
+def _download(root: Path, dataset: str) -> None:
+    """The official binary archive from MXNet's dataset repository, SHA-1 checked and unpacked.
+
+    MXNet's own `CIFAR10/100` download passes no timeout to `requests`, so a connection that
+    stalls hangs forever; this fetches the same archive (MXNet's URL, name and SHA-1) with a
+    timeout per connect and per read."""
+    import requests
+
+    from gluon_tricks.results import atomic_write_bytes
+
+    expected = ", ".join(BINARY_FILES[dataset][0] + BINARY_FILES[dataset][1])
     try:
         root.mkdir(parents=True, exist_ok=True)
-        cls(root=str(root), train=True)
-    except Exception as e:  # requests' and MXNet's network errors have no common base class
-        expected = ", ".join(BINARY_FILES[dataset][0] + BINARY_FILES[dataset][1])
+        url, name, sha1 = _official_archive(dataset, root)
+        print(f"downloading {dataset} from {url} into {root}", flush=True)
+        with requests.get(url, stream=True, timeout=(DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT)) as r:
+            r.raise_for_status()
+            archive = b"".join(r.iter_content(chunk_size=1 << 20))
+        if hashlib.sha1(archive).hexdigest() != sha1:
+            raise ValueError(f"{name} has the wrong SHA-1")
+        atomic_write_bytes(root / name, archive)
+        with tarfile.open(root / name) as tar:
+            tar.extractall(root, filter="data")
+    except UserError:
+        raise
+    except Exception as e:  # requests', tarfile's and OS errors have no common base class
         raise UserError(
             f"{dataset} not found in {root} and the download failed ({e.__class__.__name__}); "
             f"put the official files there ({expected}, or the python-format files) "
@@ -142,14 +197,47 @@ def _download(root: Path, dataset: str) -> None:
         ) from None
 
 
+_VERIFIED: set = set()
+
+
+def verify_checksums(root: Path) -> None:
+    """Check every file a SHA256SUMS in `root` lists (once per file version and process)."""
+    sums = root / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = root / name.lstrip("*")
+        try:
+            st = path.stat()
+        except OSError:
+            raise UserError(f"{path}: listed in {sums} but missing; reinstall gluon-tricks "
+                            "(or `git checkout` the folder)") from None
+        key = (str(path), st.st_size, st.st_mtime_ns, digest)
+        if key in _VERIFIED:
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            raise UserError(f"{path}: SHA-256 does not match {sums}; the copy is damaged: reinstall "
+                            "gluon-tricks (or `git checkout` the folder)")
+        _VERIFIED.add(key)
+
+
 def load_cifar(dataset: str, root: str | Path = "", train: bool = True, fine_labels: bool = True,
                download: bool = True) -> ImageSet:
-    name = "cifar10" if dataset == "cifar10-mini" else dataset
-    if name not in BINARY_FILES:
-        raise UserError(f"unknown CIFAR dataset {dataset!r}; use cifar10, cifar100 or cifar10-mini")
+    name = FORMAT_OF.get(dataset)
+    if name is None:
+        raise UserError(f"unknown CIFAR dataset {dataset!r}; use one of: {', '.join(FORMAT_OF)}")
     root = Path(root) if root else default_root(dataset)
+    if dataset in MINI_ROOTS:
+        verify_checksums(root)
     found = _find_files(root, name, train)
-    if found is None and download and dataset != "cifar10-mini":
+    if found is None and download and dataset not in MINI_ROOTS:
         _download(root, name)
         found = _find_files(root, name, train)
     if found is None:
@@ -159,10 +247,14 @@ def load_cifar(dataset: str, root: str | Path = "", train: bool = True, fine_lab
             f"(binary format) or the python-format files; set data.root to the directory that holds them"
         )
     reader, paths = found
-    parts = [reader(p, name, fine_labels) for p in paths]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
     classes = 10 if name == "cifar10" else (100 if fine_labels else 20)
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise UserError(f"{paths[0]}: labels outside 0..{classes - 1}; is this really {dataset}?")
-    return ImageSet(images, labels, classes)
+    images, labels = [], []
+    for path in paths:
+        x, y = reader(path, name, fine_labels)
+        bad = np.flatnonzero((y < 0) | (y >= classes))
+        if bad.size:
+            raise UserError(f"{path}: label {int(y[bad[0]])} of record {int(bad[0]) + 1} is outside "
+                            f"0..{classes - 1}; is this really {dataset}?")
+        images.append(x)
+        labels.append(y)
+    return ImageSet(np.concatenate(images), np.concatenate(labels).astype(np.int32), classes)
