@@ -86,7 +86,8 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
             top1 = 10.0 * i + seed  # mean 10 i + 0.5
             d = runs / f"r{i}-{seed}"
             d.mkdir(parents=True)
-            (d / "run.json").write_text(json.dumps({"hash": content_hash(recipe), "name": recipe.name}))
+            (d / "run.json").write_text(json.dumps({"tool": "gluon-tricks", "format": 1, "hash": content_hash(recipe),
+                                                    "name": recipe.name}))
             (d / "result.json").write_text(json.dumps({
                 "final_top1": top1, "final_top5": 50.0, "seconds_per_epoch": 1.0, "epochs": 2,
                 "hardware": {"ctx": ["cpu"], "machine": "x", "cpus": 2}}))

@@ -72,7 +72,7 @@ def test_every_row_runs_coarse_and_fine_with_the_same_recipe_and_3_seeds():
 
 def _fake_run(d: Path, h: str, top1: float):
     d.mkdir(parents=True)
-    (d / "run.json").write_text(json.dumps({"hash": h, "name": "x"}))
+    (d / "run.json").write_text(json.dumps({"tool": "gluon-tricks", "format": 1, "hash": h, "name": "x"}))
     (d / "result.json").write_text(json.dumps({"final_top1": top1}))
 
 
