@@ -5,6 +5,8 @@ training logs end on the published numbers, GluonCV's scheduler and scripts, and
 Tricks text (shared/papers/fidelity-audit.md gives every source). Each test resolves the
 shipped recipes the way a table does and compares what the training would do.
 """
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import math

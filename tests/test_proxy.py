@@ -1,11 +1,11 @@
 """The proxy tables (recipes/proxy/): the follow-up's rows at proxy scale, coarse beside fine,
 and the committed results a fresh clone prints."""
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from gluon_tricks._compat import tomllib
 from gluon_tricks.cli import recipes_root
 from gluon_tricks.recipe import content_hash, load_recipe
 from gluon_tricks.results import find_result
