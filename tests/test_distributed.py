@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import mxnet as mx
+from mxnet import autograd, gluon
 import numpy as np
 import pytest
 
