@@ -273,10 +273,13 @@ class RecordTrainStream:
                        min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3, rand_mirror=True,
                        brightness=spec.color_jitter, contrast=spec.color_jitter, saturation=spec.color_jitter,
                        pca_noise=spec.lighting_std) if spec.augment != "none" else {}
-        self.iter = mx.io.ImageRecordIter(
-            path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
-            shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
-            preprocess_threads=os.cpu_count() or 1, **augment, **iter_norm(spec))
+        try:  # the iterator decodes its first batch while it is built: a bad record can fail here
+            self.iter = mx.io.ImageRecordIter(
+                path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
+                shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
+                preprocess_threads=os.cpu_count() or 1, **augment, **iter_norm(spec))
+        except mx.MXNetError as e:
+            raise _record_error(rec, e) from None
 
     def steps_per_epoch(self) -> int:
         return self.steps
