@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
 
     src, out_prefix = Path(src), Path(out_prefix)
     items, src_classes = list_images(src)
+    blocking = next((p for p in out_prefix.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"{shown(blocking)} is a file, so {shown(out_prefix)}.rec cannot be written under it; "
+                        "choose an output prefix inside a directory (nothing was written)")
     unsafe = [rel for _, rel in items if any(c in rel for c in _UNSAFE_NAME)]
     if unsafe:
         raise UserError(f"{len(unsafe)} file name(s) contain a tab or line break, which the .lst index cannot "
@@ -252,6 +257,72 @@ def check_val_classes(root: Path) -> None:
                         "again after train (it then labels val by train's class names)")
 
 
+def records_at_size(rec: Path, idx: Path, size: int, sample: int = 64) -> tuple[int, int]:
+    """(how many of up to `sample` records spread over the file decode to exactly size x size,
+    how many were looked at). Reading a sample keeps this cheap for ImageNet-sized files."""
+    import cv2
+    import mxnet as mx
+
+    with open(idx) as f:
+        keys = [int(line.split("\t", 1)[0]) for line in f if line.strip()]
+    picks = keys[:: max(1, len(keys) // sample)][:sample]
+    hits = 0
+    try:
+        reader = mx.recordio.MXIndexedRecordIO(str(idx), str(rec), "r")
+        for key in picks:
+            _, buf = mx.recordio.unpack(reader.read_idx(key))
+            img = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+            hits += img is not None and img.shape[:2] == (size, size)
+        reader.close()
+    except (mx.MXNetError, ValueError, OSError) as e:
+        raise _record_error(rec, e) from None
+    return hits, len(picks)
+
+
+class _NamedRecordErrors:
+    """ImageRecordDataset whose undecodable records raise our one-line error."""
+
+    def __init__(self, dataset, rec: Path):
+        self.dataset, self.rec = dataset, rec
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            return self.dataset[i]
+        except Exception as e:  # MXNet and OpenCV decode errors share no type
+            raise _record_error(self.rec, e) from None
+
+
+def record_train_stream(recipe, root: Path, rank: int, workers: int):
+    """The training stream of train.rec: MXNet's C++ ImageRecordIter (fast), except when its
+    random-resized crop would be wrong. ImageRecordIter 1.9.1 resizes the crop into the very
+    buffer it reads from when the decoded image already has the output size
+    (apache/mxnet#16925, open): rows below the first few are then resized again from rows it has
+    just written, a smeared image instead of a crop. Measured on 32x32 records at image_size 32:
+    7 of 10 crops corrupt (docs/imagenet.md). Such files are read by Gluon's ImageRecordDataset
+    with the same transforms as image folders, which crop by the definition."""
+    spec = recipe.data
+    RecordTrainStream.check_files(root)
+    if spec.augment == "none":
+        return RecordTrainStream(recipe, root, rank, workers)
+    rec, idx = root / "train.rec", root / "train.idx"
+    hits, looked = records_at_size(rec, idx, spec.image_size)
+    if not hits:
+        return RecordTrainStream(recipe, root, rank, workers)
+    import mxnet as mx
+
+    from gluon_tricks.data.folders import GluonTrainStream
+
+    print(f"note: {hits} of {looked} sampled images in {shown(rec)} are {spec.image_size}x{spec.image_size}, the "
+          "training size, which MXNet's ImageRecordIter crops wrongly (apache/mxnet#16925); reading them with "
+          f"Gluon's transforms instead (slower; `gluon-tricks prepare --resize {spec.image_size + spec.image_size // 8}` "
+          "keeps the fast reader)", file=sys.stderr, flush=True)
+    dataset = _NamedRecordErrors(mx.gluon.data.vision.ImageRecordDataset(str(rec)), rec)
+    return GluonTrainStream(recipe, dataset, rank, workers, str(rec))
+
+
 class RecordTrainStream:
     def __init__(self, recipe, root: Path, rank: int, workers: int):
         import mxnet as mx
@@ -259,9 +330,7 @@ class RecordTrainStream:
         spec = recipe.data
         rec, idx = root / "train.rec", root / "train.idx"
         self.rec = rec
-        for p in (rec, idx):
-            if not p.is_file():
-                raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/train {root}/train`")
+        self.check_files(root)
         self.batch_size = spec.batch_size // workers
         self.steps = count_records(idx) // workers // self.batch_size
         if spec.train_limit:
@@ -280,6 +349,12 @@ class RecordTrainStream:
                 preprocess_threads=os.cpu_count() or 1, **augment, **iter_norm(spec))
         except mx.MXNetError as e:
             raise _record_error(rec, e) from None
+
+    @staticmethod
+    def check_files(root: Path) -> None:
+        for p in (root / "train.rec", root / "train.idx"):
+            if not p.is_file():
+                raise UserError(f"{p} not found; create it with `gluon-tricks prepare IMAGES/train {root}/train`")
 
     def steps_per_epoch(self) -> int:
         return self.steps
