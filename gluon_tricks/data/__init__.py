@@ -76,7 +76,7 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
             classes, len(train)
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, read_classes
+        from gluon_tricks.data.recordio import RecordTestStream, read_classes, record_train_stream
 
         classes = recipe.model.classes or read_classes(root)
         if classes and read_classes(root) and classes < read_classes(root):
@@ -85,7 +85,7 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
         if not classes:
             raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
                             "`gluon-tricks prepare`); set model.classes")
-        train = RecordTrainStream(recipe, root, rank, workers)
+        train = record_train_stream(recipe, root, rank, workers)
         return train, RecordTestStream(recipe, root), classes, train.steps * spec.batch_size
     from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
 

@@ -109,21 +109,23 @@ def _folder(root: Path, part: str):
     return mx.gluon.data.vision.ImageFolderDataset(str(path))
 
 
-class FolderTrainStream:
-    def __init__(self, recipe, root: Path, rank: int, workers: int):
+class GluonTrainStream:
+    """Training batches of a Gluon dataset of (HWC uint8 image, label), augmented by Gluon's
+    transforms (`folder_transforms`) with seeded per-image draws: image folders, and the
+    RecordIO files whose images MXNet's C++ iterator would crop wrongly (data/recordio.py)."""
+
+    def __init__(self, recipe, dataset, rank: int, workers: int, where: str):
         import mxnet as mx
 
         spec = recipe.data
-        ds = _folder(root, "train")
-        self.classes = len(ds.synsets)
         self.batch_size = spec.batch_size // workers
-        n = len(ds) if not spec.train_limit else min(len(ds), spec.train_limit)
+        n = len(dataset) if not spec.train_limit else min(len(dataset), spec.train_limit)
         self.steps = n // spec.batch_size
         if self.steps < 1:
-            raise UserError(f"{root / 'train'} holds fewer images than one batch of {spec.batch_size}")
+            raise UserError(f"{where} holds fewer images than one batch of {spec.batch_size}")
         # Threads, not processes: a decode error then surfaces as our one-line UserError.
         self.sampler = EpochSampler(n, recipe.seed, rank, workers, spec.batch_size)
-        self.loader = mx.gluon.data.DataLoader(_SeededTransform(NamedDecodeErrors(ds), folder_transforms(spec, True),
+        self.loader = mx.gluon.data.DataLoader(_SeededTransform(dataset, folder_transforms(spec, True),
                                                                 recipe.seed, self.sampler),
                                                batch_size=self.batch_size, sampler=self.sampler, last_batch="discard",
                                                num_workers=os.cpu_count() or 1, thread_pool=True)
@@ -151,6 +153,13 @@ class _TransformFirst:
     def __getitem__(self, i):
         x, y = self.dataset[i]
         return self.fn(x), y
+
+
+class FolderTrainStream(GluonTrainStream):
+    def __init__(self, recipe, root: Path, rank: int, workers: int):
+        ds = _folder(root, "train")
+        self.classes = len(ds.synsets)
+        super().__init__(recipe, NamedDecodeErrors(ds), rank, workers, str(root / "train"))
 
 
 _SEEDED = threading.Lock()
