@@ -33,6 +33,19 @@ def python_cifar_file(path, images, labels_key_values: dict):
         pickle.dump(d, f, protocol=2)
 
 
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_a_gpu_test(request, monkeypatch):
+    """On a GPU machine every test but the `gpu` smoke suite still runs on the CPU: their
+    exact-equality assertions are about the CPU's arithmetic, and the default `--ctx auto`
+    would move them (and the training subprocesses some tests start) to the GPUs."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    import mxnet as mx
+
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
 @pytest.fixture
 def tiny_recipe_dict(tmp_path):
     """A recipe for seconds-long runs on real images: ResNet-20 on 256 cifar10-mini images."""
