@@ -3,7 +3,7 @@
 This file is the one place where versions are pinned. The Makefile, CI and the
 docs install through it (`pip install -e .[cpu,test]`); nothing else repeats a pin.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 # MXNet 1.9.1 imports only with numpy < 1.24 (np.bool was removed in 1.24; numpy 2
 # removed more). opencv-python >= 4.12 requires numpy 2, so it is held below that.
@@ -45,7 +45,8 @@ setup(
     # numpy 1.23.5 (above) has no wheels past Python 3.11; the recipe checks evaluate list[str]
     # annotations at run time, which needs 3.9.
     python_requires=">=3.9,<3.12",
-    packages=find_packages(include=["gluon_tricks", "gluon_tricks.*"]),
+    # namespace discovery: the vendored data folders (no __init__.py) are part of the package
+    packages=find_namespace_packages(include=["gluon_tricks", "gluon_tricks.*"], exclude=["*.__pycache__"]),
     package_data={"gluon_tricks": ["data/cifar10_mini/*", "data/cifar100_mini/*", "paper_numbers/*.csv"]},
     include_package_data=True,
     install_requires=CORE,

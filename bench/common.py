@@ -66,13 +66,17 @@ def print_table(title: str, rows: list[dict]) -> None:
         print(line)
 
 
-def in_subprocess(script: str, *args: str, timeout: float = 1800):
-    """Run `python script *args` and return the JSON it prints last, or None if it crashed:
-    a reference that segfaults is reported as such instead of ending the whole bench."""
+def in_subprocess(script: str, *args: str, timeout: float = 1800, env: dict | None = None):
+    """Run `python script *args` and return the JSON it prints last, or None if it crashed or
+    timed out: a reference that segfaults is reported as such instead of ending the whole bench."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, script, *args], cwd=Path(__file__).parent, capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, script, *args], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    except subprocess.TimeoutExpired:
+        note(f"{script} {' '.join(args)} ran past {timeout:.0f} s")
+        return None
     if proc.returncode:
         note(f"{script} {' '.join(args)} exited with {proc.returncode}: {proc.stderr.strip()[-300:]}")
         return None

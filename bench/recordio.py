@@ -4,15 +4,20 @@ Gluon ImageFolderDataset + DataLoader reference with the same augmentation.
 Both read the same few hundred generated JPEGs (the reference from the class folders,
 ours from the RecordIO file `gluon-tricks prepare` writes from them) and produce
 normalized 224x224 float batches with random-resized crop, flip, colour jitter and PCA
-lighting, using every core.
+lighting, using every core. The reference's worker processes fork, so it runs in a child
+process of its own (single-threaded OpenMP, as in input_pipeline.py); if that crashes, it is
+measured with thread workers and the row says so.
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from common import cores, print_table, record, tmpdir
+from common import cores, in_subprocess, print_table, record, tmpdir
 
 BATCH, IMAGES = 32, 384
 
@@ -40,32 +45,38 @@ def rate(batches, n_images) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def main():
-    from gluon_tricks.data.folders import folder_transforms
-    from gluon_tricks.data.recordio import RecordTrainStream, prepare
+def recipe_for(root: Path):
     from gluon_tricks.recipe import recipe_from_dict
+
+    return recipe_from_dict({"data": {"dataset": "recordio", "root": str(root / "rec"), "augment": "bot",
+                                      "image_size": 224, "batch_size": BATCH}, "model": {"name": "resnet50_v1"}})
+
+
+def reference_rate(root: Path, threads: bool) -> float:
+    import mxnet as mx
+
+    from gluon_tricks.data.folders import folder_transforms
+
+    ds = mx.gluon.data.vision.ImageFolderDataset(str(root / "train")).transform_first(
+        folder_transforms(recipe_for(root).data, True))
+    loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard", num_workers=cores(),
+                                      thread_pool=threads)
+    return rate(lambda: (x for x, _ in loader), IMAGES)
+
+
+def main():
+    from gluon_tricks.data.recordio import RecordTrainStream, prepare
 
     root = tmpdir()
     make_images(root)
     prepare(root / "train", root / "rec" / "train", workers=cores(), progress=False)
-    r = recipe_from_dict({"data": {"dataset": "recordio", "root": str(root / "rec"), "augment": "bot",
-                                   "image_size": 224, "batch_size": BATCH}, "model": {"name": "resnet50_v1"}})
-    import mxnet as mx
-
-    # The reference's worker processes are forked here, before ImageRecordIter and MXNet's
-    # OpenMP threads start: forking after them can segfault (see train_step.py).
-    ds = mx.gluon.data.vision.ImageFolderDataset(str(root / "train")).transform_first(folder_transforms(r.data, True))
-    loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard", num_workers=cores())
-    ours = RecordTrainStream(r, root / "rec", 0, 1)
-    ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
+    ref_rate = in_subprocess(__file__, "--reference", str(root), env={"OMP_NUM_THREADS": "1"})
     ref_note = ""
-    try:
-        ref_rate = rate(lambda: (x for x, _ in loader), IMAGES)
-    except Exception as e:  # a forked worker segfaulted: the DataLoader times out (see train_step.py)
-        ref_note = f"; reference with thread workers ({e.__class__.__name__} with process workers)"
-        loader = mx.gluon.data.DataLoader(ds, batch_size=BATCH, shuffle=True, last_batch="discard",
-                                          num_workers=cores(), thread_pool=True)
-        ref_rate = rate(lambda: (x for x, _ in loader), IMAGES)
+    if ref_rate is None:
+        ref_note = "; reference with thread workers (its process workers crashed)"
+        ref_rate = reference_rate(root, threads=True)
+    ours = RecordTrainStream(recipe_for(root), root / "rec", 0, 1)
+    ours_rate = rate(lambda: (b[1] for b in ours.epoch(0)), IMAGES)
     n = cores()
     rows = [{"benchmark": f"RecordIO 224-px decode+augment ({n} cores, img/s)", "ours": ours_rate,
              "reference": ref_rate, "ratio": ours_rate / ref_rate, "unit": "img/s", "goal": "> 1x",
@@ -76,4 +87,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--reference"]:
+        print(json.dumps(reference_rate(Path(sys.argv[2]), threads=False)))
+    else:
+        main()
