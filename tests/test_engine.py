@@ -67,7 +67,8 @@ def test_resume_equals_uninterrupted_exactly(tmp_path, tiny_recipe_dict, max_ste
     import subprocess
     import sys
 
-    env = dict(os.environ, MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0")
+    # one OpenMP thread, as tests/test_reliability.py's cli(): 2 threads on a loaded machine are pathologically slow
+    env = dict(os.environ, MXNET_MKLDNN_ENABLED="0", MXNET_STORAGE_FALLBACK_LOG_VERBOSE="0", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, json.dumps(tiny_recipe_dict), str(tmp_path),
                            str(max_steps)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

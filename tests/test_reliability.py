@@ -33,7 +33,10 @@ def tiny(tmp_path, epochs=3, **extra):
 
 
 def cli(*args, env=None, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="2", **(env or {}))
+    # One OpenMP thread: a tiny run with 2 threads on 2 cores shared with 3 busy processes took
+    # 408 s instead of 18 s idle (each parallel region waits for a descheduled thread; 48 s with
+    # 1 thread), and these tests' timeouts are hang guards, not speed checks.
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.Popen([sys.executable, "-m", "gluon_tricks", *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -282,7 +285,7 @@ def test_second_sigint_exits_at_once(tmp_path):
     queued in MXNet's engine, where Python signal handlers cannot run)."""
     _, path = tiny(tmp_path, epochs=50)
     run, flag = tmp_path / "run", tmp_path / "slow"
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # as cli(): robust on a loaded machine
     proc = subprocess.Popen([sys.executable, "-c", SLOW_AFTER_FLAG, str(flag), "train", str(path), "--out", str(run),
                              "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
