@@ -31,6 +31,7 @@ stopped; a finished row is never trained again.
 from __future__ import annotations
 
 import csv
+import os
 import statistics
 from gluon_tricks._compat import tomllib
 from dataclasses import dataclass, field
@@ -155,7 +156,35 @@ def _train_row(recipe_dict: dict, expected_hash: str, out: str, resume: bool, pr
     recipe = recipe_from_dict(recipe_dict)
     if content_hash(recipe) != expected_hash:  # the recipe must cross the process boundary unchanged
         raise RuntimeError(f"recipe {recipe.name} changed on its way to the worker process")
-    return train(recipe, Path(out), resume=resume, progress=progress)
+    try:
+        return train(recipe, Path(out), resume=resume, progress=progress)
+    finally:
+        if _table_pid is not None and os.getppid() != _table_pid:
+            # `table` is gone: no one to report to, and the pool's queue would keep this process
+            # waiting for a next row forever. The checkpoint is written; leave.
+            os._exit(1)
+
+
+_table_pid: int | None = None  # in a row process: the `table` process that started it
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Row processes' initializer: when `table` dies (SIGTERM from a job scheduler, even kill -9),
+    the kernel sends the row SIGTERM, which the engine treats as Ctrl-C: finish the step, write
+    a checkpoint, exit. Without it the row trained on as an orphan."""
+    import signal
+
+    global _table_pid
+    _table_pid = parent
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _row_devices(ctx_text: str) -> list[str]:
@@ -228,7 +257,8 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
                     recipe = dataclasses.replace(recipe, system=dataclasses.replace(recipe.system, ctx=device))
                 if progress:
                     print(f"== {table.name}: {label} (seed {recipe.seed}) on {recipe.system.ctx} -> {out}", flush=True)
-                executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn)  # one process per row
+                executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn,  # one process per row
+                                               initializer=_stop_with_parent, initargs=(os.getpid(),))
                 future = executor.submit(_train_row, recipe.to_dict(), h, str(out), resume,
                                          progress and not quiet_rows)
                 running[future] = (label, recipe, device, executor)

@@ -82,3 +82,55 @@ def test_parallel_needs_a_non_negative_count(tmp_path):
     table = two_row_table(tmp_path / "recipes")
     with pytest.raises(UserError, match="--parallel -1"):
         run_table(table, runs_root=tmp_path / "runs", progress=False, parallel=-1)
+
+
+def test_a_killed_table_does_not_leave_its_row_training(tmp_path):
+    """kill -9 of `gluon-tricks table --run` (a job scheduler's kill): the row process gets
+    SIGTERM from the kernel, checkpoints and exits instead of training on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from gluon_tricks.results import RunDir
+
+    root = tmp_path / "recipes"
+    two_row_table(root)
+    (root / "t" / "a.toml").write_text('name = "row-a"\n' + BASE.replace("epochs = 1", "epochs = 400"))
+    runs = tmp_path / "runs"
+    env = dict(os.environ, GLUON_TRICKS_RECIPES=str(root), OMP_NUM_THREADS="1", GLUON_TRICKS_RESULTS="")
+    table = subprocess.Popen([sys.executable, "-m", "gluon_tricks", "table", "t", "--run", "--quiet", "--runs", str(runs)],
+                             cwd=Path(__file__).resolve().parent.parent, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def rows():  # the table's child processes (the row, and multiprocessing's resource tracker)
+        try:
+            return [int(p) for p in Path(f"/proc/{table.pid}/task/{table.pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def alive(pid):
+        try:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(RunDir(d).checkpoints() for d in runs.glob("row-a-*")):
+        assert table.poll() is None, "table exited before its row checkpointed"
+        time.sleep(0.2)
+    children = rows()
+    assert children, "no row process"
+    table.kill()
+    table.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(alive(p) for p in children):
+        time.sleep(0.2)
+    left = [p for p in children if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, "the row kept training after its table was killed"
+    (run,) = runs.glob("row-a-*")
+    assert not (run / "result.json").exists() and RunDir(run).latest_checkpoint(quiet=True) is not None
