@@ -104,7 +104,10 @@ def reference_loader(images, labels, batch_size: int, workers: int, color: bool 
     import mxnet as mx
 
     dataset = mx.gluon.data.ArrayDataset(mx.nd.array(images, dtype="uint8"), labels.astype("float32"))
-    return mx.gluon.data.DataLoader(dataset.transform_first(reference_cifar_transform(color)),
+    transform = reference_cifar_transform(color)
+    if threads:  # Compose hybridizes: build its graph here once, since building it from several
+        transform(dataset[0][0]).wait_to_read()  # threads at once races in MXNet's name scopes
+    return mx.gluon.data.DataLoader(dataset.transform_first(transform),
                                     batch_size=batch_size, shuffle=True, last_batch="discard",
                                     num_workers=workers, thread_pool=threads)
 
