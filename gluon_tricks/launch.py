@@ -44,15 +44,22 @@ ROLE_GRACE = 10  # seconds for a server or the scheduler to exit after SIGTERM
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _child_setup() -> None:
-    """Runs in each child between fork and exec: its own process group, and death with the launcher."""
-    os.setpgid(0, 0)
+def signal_on_parent_death(sig: int) -> bool:
+    """Ask the kernel to send this process `sig` when its parent dies (Linux prctl); False where
+    that is not available."""
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the signal handlers still stop the job
-        pass
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _child_setup() -> None:
+    """Runs in each child between fork and exec: its own process group, and death with the launcher."""
+    os.setpgid(0, 0)
+    signal_on_parent_death(signal.SIGKILL)  # not Linux: the signal handlers still stop the job
 
 
 def check_train_command(command: list[str]) -> None:

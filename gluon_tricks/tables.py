@@ -174,14 +174,11 @@ def _stop_with_parent(parent: int) -> None:
     a checkpoint, exit. Without it the row trained on as an orphan."""
     import signal
 
+    from gluon_tricks.launch import signal_on_parent_death
+
     global _table_pid
     _table_pid = parent
-
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux
+    if not signal_on_parent_death(signal.SIGTERM):  # not Linux
         return
     if os.getppid() != parent:  # the parent died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
