@@ -283,14 +283,18 @@ class _NamedRecordErrors:
     """ImageRecordDataset whose undecodable records raise our one-line error."""
 
     def __init__(self, dataset, rec: Path):
+        import threading
+
         self.dataset, self.rec = dataset, rec
+        self.lock = threading.Lock()  # one file handle: a seek and read from two loader threads race
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         try:
-            return self.dataset[i]
+            with self.lock:
+                return self.dataset[i]
         except Exception as e:  # MXNet and OpenCV decode errors share no type
             raise _record_error(self.rec, e) from None
 
