@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check-records", help="decode every record of a .rec; list (and with --repair skip) corrupt ones")
     ck.add_argument("prefix", help="e.g. data/imagenet/train for train.rec + train.idx")
-    ck.add_argument("--repair", metavar="OUT_PREFIX", help="write the good records to OUT_PREFIX.rec/.idx")
+    ck.add_argument("--repair", metavar="OUT_PREFIX", help="write the good records to a new OUT_PREFIX.rec/.idx (+ .lst, .classes.txt)")
     ck.set_defaults(func=cmd_check_records)
 
     ex = sub.add_parser("export", help="copy a run's newest parameters to a .params file (e.g. a teacher)")
