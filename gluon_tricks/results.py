@@ -28,6 +28,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ RUN_DIRS = ("checkpoints",)
 LOCK_FILE = ".lock"
 # Temporary files of atomic_write_bytes (".<name>.tmp<pid>"), left by a kill mid-write.
 _LEFTOVER = re.compile(r"^\.(recipe\.toml|run\.json|metrics\.jsonl|result\.json)\.tmp\d+$")
+# The names save_checkpoint gives inside checkpoints/: the only ones pruning or --overwrite
+# deletes there (a user's own copy, or a scratch disk's other folders when checkpoints/ is a
+# symlink to it, are not ours: red team 2, probes 9.7, 9.8).
+CHECKPOINT_NAME = re.compile(r"^epoch\d{4}-step\d{7}$")
+_CHECKPOINT_LEFTOVER = re.compile(r"^\.tmp-epoch\d{4}-step\d{7}-\d+$")
 # flock'd file descriptors, held open (and so locked) until the process exits.
 _HELD_LOCKS: dict[str, int] = {}
 
@@ -213,11 +219,13 @@ class RunDir:
         return [n for n in names if n != LOCK_FILE and not _LEFTOVER.match(n)]
 
     def lock(self) -> None:
-        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too)."""
+        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too).
+        The lock file is never followed: a `.lock` that is a symlink (a copied or downloaded run
+        directory) would have had its target truncated and overwritten with our pid (probe 9.6)."""
         key = str(self.path.resolve())
         if key in _HELD_LOCKS:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_own_file(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -240,8 +248,10 @@ class RunDir:
             p = self.path / name
             if name in RUN_FILES or _LEFTOVER.match(name):
                 p.unlink()
-            elif name in RUN_DIRS and p.is_dir():
-                shutil.rmtree(p)
+        for ckpt in self.checkpoints() + self._checkpoint_leftovers():
+            shutil.rmtree(ckpt)
+        if self.ckpt_root.is_dir() and not self.ckpt_root.is_symlink() and not os.listdir(self.ckpt_root):
+            self.ckpt_root.rmdir()
 
     def prepare(self, recipe_hash: str, name: str, recipe_toml: str, resume: bool, overwrite: bool) -> None:
         """Create the directory or check that it holds this same recipe's run, and lock it."""
@@ -314,7 +324,7 @@ class RunDir:
 
     def append_metrics(self, row: dict) -> None:
         try:
-            with open(self.metrics_file, "a") as f:
+            with os.fdopen(_open_own_file(self.metrics_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -330,7 +340,7 @@ class RunDir:
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_root / f"epoch{epoch:04d}-step{step:07d}"
         tmp = self.ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-        for stale in self.ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save
+        for stale in self._checkpoint_leftovers():  # left by a process killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.mkdir()
@@ -364,9 +374,18 @@ class RunDir:
         return final
 
     def checkpoints(self) -> list[Path]:
+        """The checkpoints this run wrote, oldest first: directories named as save_checkpoint
+        names them (a symlink by that name is not ours either)."""
+        return self._own_entries(CHECKPOINT_NAME)
+
+    def _checkpoint_leftovers(self) -> list[Path]:
+        return self._own_entries(_CHECKPOINT_LEFTOVER)
+
+    def _own_entries(self, pattern: re.Pattern) -> list[Path]:
         if not self.ckpt_root.is_dir():
             return []
-        return sorted(p for p in self.ckpt_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in self.ckpt_root.iterdir()
+                      if pattern.match(p.name) and p.is_dir() and not p.is_symlink())
 
     def verify(self, path: Path) -> Checkpoint:
         """The checkpoint at `path`, or UserError saying what is wrong with it."""
@@ -395,6 +414,22 @@ class RunDir:
                 if not quiet:
                     print(f"warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
         return None
+
+
+def _open_own_file(path: Path, flags: int) -> int:
+    """A file descriptor of a run's own regular file, never of what a symlink by its name points to."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise UserError(f"{shown(path)} is a symlink or not a regular file; a run directory's own files are never "
+                    "followed elsewhere: remove it (or copy the run without links) and run again")
 
 
 def committed_results_root() -> Path | None:

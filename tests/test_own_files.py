@@ -88,3 +88,80 @@ def test_repair_writes_a_whole_dataset_under_temporary_names_first(records, monk
     with pytest.raises(UserError, match="the disk is full; nothing was written"):
         check_records(records, records.parent / "again")
     assert not [p for p in records.parent.iterdir() if "again" in p.name]
+
+
+# -- causes 2 and 3: pruning and the run directory's own files ------------------------------------
+HASH = "0123456789abcdef"
+
+
+def save(run: "RunDir", epoch: int, keep=2):
+    return run.save_checkpoint(epoch, 0, {}, lambda p: Path(p).write_bytes(b"params"),
+                               lambda p: Path(p).write_bytes(b"states"), keep=keep)
+
+
+def test_pruning_deletes_only_the_checkpoints_it_wrote(tmp_path):
+    from gluon_tricks.results import RunDir
+
+    # probe 9.8: the user's copy of a checkpoint inside checkpoints/ was deleted at the next save
+    run = RunDir(tmp_path / "r")
+    run.prepare(HASH, "tiny", "epochs = 3\n", False, False)
+    save(run, 1)
+    best = run.ckpt_root / "best_after_epoch1"
+    best.mkdir()
+    (best / "net.params").write_bytes(b"precious")
+    (run.ckpt_root / ".my-hidden-notes").mkdir()
+    for epoch in (2, 3, 4):
+        save(run, epoch)
+    assert [p.name for p in run.checkpoints()] == ["epoch0003-step0000000", "epoch0004-step0000000"]
+    assert (best / "net.params").read_bytes() == b"precious"
+    assert (run.ckpt_root / ".my-hidden-notes").is_dir()
+    # --overwrite deletes this run's checkpoints, nothing else
+    run.unlock()
+    run.prepare("fedcba9876543210", "tiny", "epochs = 3\n", False, True)
+    assert sorted(p.name for p in run.ckpt_root.iterdir()) == [".my-hidden-notes", "best_after_epoch1"]
+
+
+def test_pruning_in_a_symlinked_scratch_directory_keeps_its_other_folders(tmp_path):
+    from gluon_tricks.results import RunDir
+
+    # probe 9.7: checkpoints/ -> a scratch disk that also holds backup_models/: deleted at the next save
+    scratch = tmp_path / "scratch"
+    (scratch / "backup_models").mkdir(parents=True)
+    (scratch / "backup_models" / "weights.bin").write_bytes(b"other work")
+    elsewhere = tmp_path / "elsewhere" / "epoch0000-step0000001"  # a link with our name points out
+    elsewhere.mkdir(parents=True)
+    run = RunDir(tmp_path / "r")
+    run.prepare(HASH, "tiny", "epochs = 3\n", False, False)
+    os.symlink(scratch, run.ckpt_root)
+    os.symlink(elsewhere, scratch / "epoch0000-step0000001")
+    for epoch in (1, 2, 3):
+        save(run, epoch)
+    assert sorted(p.name for p in scratch.iterdir()) == \
+        ["backup_models", "epoch0000-step0000001", "epoch0002-step0000000", "epoch0003-step0000000"]
+    assert (scratch / "backup_models" / "weights.bin").read_bytes() == b"other work"
+    assert elsewhere.is_dir()
+
+
+def test_a_lock_or_metrics_file_that_is_a_symlink_is_refused_and_its_target_kept(tmp_path):
+    from gluon_tricks.results import RunDir
+
+    # probe 9.6: a copied run whose .lock links to a file: --resume truncated it and wrote its pid there
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious content line\n")
+    run = RunDir(tmp_path / "r")
+    run.prepare(HASH, "tiny", "epochs = 3\n", False, False)
+    run.unlock()
+    (run.path / ".lock").unlink()
+    os.symlink(victim, run.path / ".lock")
+    with pytest.raises(UserError, match=r"\.lock is a symlink or not a regular file"):
+        run.prepare(HASH, "tiny", "epochs = 3\n", True, False)
+    (run.path / ".lock").unlink()
+    os.mkfifo(run.path / ".lock")
+    with pytest.raises(UserError, match="not a regular file"):
+        run.prepare(HASH, "tiny", "epochs = 3\n", True, False)
+    (run.path / ".lock").unlink()
+    run.prepare(HASH, "tiny", "epochs = 3\n", True, False)
+    os.symlink(victim, run.metrics_file)
+    with pytest.raises(UserError, match=r"metrics\.jsonl is a symlink"):
+        run.append_metrics({"epoch": 0})
+    assert victim.read_text() == "precious content line\n"
