@@ -459,5 +459,11 @@ def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict]
 
 
 def run_dir_for(recipe_name: str, recipe_hash: str, root: Path | None = None) -> Path:
+    """<root>/<name>-<hash>: always directly inside the runs root (recipe loading refuses other names;
+    this guards a Recipe built without it)."""
     root = Path(root) if root else default_runs_root()
-    return root / f"{recipe_name}-{recipe_hash}"
+    path = root / f"{recipe_name}-{recipe_hash}"
+    if path.parent != root or path.name in (".", ".."):
+        raise UserError(f"recipe name '{shown(recipe_name)[:80]}' is not a plain file name: its run directory "
+                        f"would not be inside {shown(root)}")
+    return path

@@ -165,3 +165,27 @@ def test_a_lock_or_metrics_file_that_is_a_symlink_is_refused_and_its_target_kept
     with pytest.raises(UserError, match=r"metrics\.jsonl is a symlink"):
         run.append_metrics({"epoch": 0})
     assert victim.read_text() == "precious content line\n"
+
+
+# -- cause 4: a recipe's name stays inside the runs root ------------------------------------------
+@pytest.mark.parametrize("name", ["../../../../x/escaped", "ABS/absname", "a\\b", "x\x1b]0;t\x07y", "n" * 201, " "])
+def test_a_name_that_is_not_one_file_name_is_refused_at_load(tmp_path, capsys, name):
+    # probes 9.1, 9.2: the run directory was created outside --runs (four levels up, or at the absolute path)
+    name = name.replace("ABS", str(tmp_path / "abs"))
+    recipe = tmp_path / "deep" / "r.toml"
+    recipe.parent.mkdir()
+    recipe.write_text(f"name = {json.dumps(name)}\nepochs = 1\n[data]\ndataset = \"cifar10-mini\"\n")
+    runs = tmp_path / "runs" / "a" / "b"
+    assert main(["train", str(recipe), "--runs", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "the name becomes the run directory" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]  # nothing created anywhere
+
+
+def test_run_dir_for_never_leaves_the_root(tmp_path):
+    from gluon_tricks.results import run_dir_for
+
+    assert run_dir_for("..", HASH, tmp_path) == tmp_path / f"..-{HASH}"  # probe 9.3: a plain name
+    for name in ("../x", "/abs/x", "a/b"):
+        with pytest.raises(UserError, match="not a plain file name"):
+            run_dir_for(name, HASH, tmp_path)
