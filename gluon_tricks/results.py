@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gluon_tricks._compat import tomllib
 from gluon_tricks.errors import UserError, first_line, shown
 
 TOOL = "gluon-tricks"
@@ -128,6 +129,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise _disk_error(e, path) from None
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` the way atomic_write_bytes writes: a kill mid-copy leaves the old `dst`
+    (or none), never a cut one."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, IsADirectoryError):
+            raise
+        raise _disk_error(e, dst) from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -202,6 +224,19 @@ class RunDir:
         legacy = (set(info) == {"hash", "name"} and re.fullmatch(r"[0-9a-f]{16}", info["hash"])
                   and (self.path / "recipe.toml").is_file())
         return info if legacy else None
+
+    def unfinished(self, ckpt: Checkpoint) -> str:
+        """How far an unfinished run got ("1 of 3 epochs done, no result.json"), or "" when it finished."""
+        if self.result() is not None:
+            return ""
+        try:
+            epochs = tomllib.loads((self.path / "recipe.toml").read_text()).get("epochs")
+        except (OSError, ValueError):
+            epochs = None
+        total = f" of {epochs}" if isinstance(epochs, int) else ""
+        step = ckpt.state.get("next_step") or 0
+        return (f"{ckpt.state.get('next_epoch')}{total} epochs" + (f" and {step} steps" if step else "") +
+                " done, no result.json")
 
     def result(self) -> dict | None:
         try:

@@ -189,3 +189,54 @@ def test_run_dir_for_never_leaves_the_root(tmp_path):
     for name in ("../x", "/abs/x", "a/b"):
         with pytest.raises(UserError, match="not a plain file name"):
             run_dir_for(name, HASH, tmp_path)
+
+
+# -- cause 14 (and 10, export of an unfinished run) ----------------------------------------------------
+@pytest.fixture
+def run_with_checkpoint(tmp_path):
+    from gluon_tricks.results import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.prepare(HASH, "tiny", "epochs = 3\n", False, False)
+    run.save_checkpoint(1, 0, {}, lambda p: mx.nd.save(p, {"w": mx.nd.ones((4,))}),
+                        lambda p: Path(p).write_bytes(b"states"))
+    run.unlock()
+    return run
+
+
+def test_export_refuses_an_existing_file_unless_overwrite(run_with_checkpoint, tmp_path, capsys):
+    # probe 6.3: "my precious teacher" was replaced without a question
+    out = tmp_path / "existing.params"
+    out.write_text("my precious teacher")
+    assert main(["export", str(run_with_checkpoint.path), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite" in err and err.count("\n") == 1
+    assert out.read_text() == "my precious teacher"
+    assert main(["export", str(run_with_checkpoint.path), str(out), "--overwrite"]) == 0
+    assert out.read_bytes() == (run_with_checkpoint.checkpoints()[-1] / "net.params").read_bytes()
+
+
+def test_export_is_atomic(run_with_checkpoint, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "teacher.params"
+    out.write_text("the old teacher")
+
+    def cut_copy(src, dst):  # a full disk (or a kill) half-way through the copy
+        Path(dst).write_bytes(Path(src).read_bytes()[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", cut_copy)
+    assert main(["export", str(run_with_checkpoint.path), str(out), "--overwrite"]) == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert out.read_text() == "the old teacher"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "teacher.params"]  # no temporary left
+
+
+def test_export_of_an_unfinished_run_says_so(run_with_checkpoint, tmp_path, capsys):
+    # probe 6.1: a run killed in epoch 2 of 3 was exported without a word
+    assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "a.params")]) == 0
+    assert "is unfinished (1 of 3 epochs done, no result.json)" in capsys.readouterr().err
+    (run_with_checkpoint.result_file).write_text(json.dumps({"final_top1": 10.0}))
+    assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "b.params")]) == 0
+    assert "unfinished" not in capsys.readouterr().err
