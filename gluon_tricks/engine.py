@@ -34,7 +34,7 @@ from gluon_tricks.data import make_streams
 from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
-from gluon_tricks.results import RunDir, provenance
+from gluon_tricks.results import RunDir, check_trainer_states, provenance
 from gluon_tricks.tricks.distill import DistillStep
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
@@ -343,6 +343,7 @@ def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
     if ckpt is not None:
         job.net.load_parameters(str(ckpt.params), ctx=job.contexts)
         if not job.dist.is_distributed:
+            check_trainer_states(ckpt.trainer_states)  # MXNet would unpickle any code in it
             trainer.load_states(str(ckpt.trainer_states))
         job.scaler.load(ckpt.state["scaler"])
         position.best = ckpt.state["best"]

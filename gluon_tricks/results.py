@@ -26,6 +26,7 @@ import hashlib
 import json
 import fcntl
 import os
+import pickle
 import re
 import shutil
 import stat
@@ -177,6 +178,40 @@ def params_finite(path: Path) -> bool:
         return False
     values = arrays.values() if isinstance(arrays, dict) else arrays
     return all(np.isfinite(a.asnumpy()).all() for a in values)
+
+
+class _TrainerStatesUnpickler(pickle.Unpickler):
+    """What gluon.Trainer.save_states pickles (Updater.get_states with the optimizer): dicts and
+    tuples of NDArrays, the optimizer object, its lr scheduler. Any other class (a crafted file's
+    os.system, probe 9.11) is refused before anything is built."""
+
+    ALLOWED = {
+        ("mxnet.ndarray.ndarray", "NDArray"),
+        ("gluon_tricks.tricks.schedules", "PaperLR"),
+        ("builtins", "bytearray"),  # NDArray's pickled state
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module == "mxnet.optimizer.optimizer":
+            import mxnet as mx
+
+            cls = getattr(mx.optimizer.optimizer, name, None)
+            if isinstance(cls, type) and issubclass(cls, mx.optimizer.Optimizer):
+                return cls
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def check_trainer_states(path: Path) -> None:
+    """Unpickle `path` with the allow-list above; UserError when it holds anything else. MXNet's
+    Trainer.load_states unpickles without restriction, so this runs first."""
+    try:
+        with open(path, "rb") as f:
+            _TrainerStatesUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"{shown(path)} is not optimizer states written by gluon-tricks ({first_line(e, 120)}); "
+                        "resume only from checkpoints this toolkit wrote, or start again with --overwrite") from None
 
 
 @dataclass

@@ -240,3 +240,62 @@ def test_export_of_an_unfinished_run_says_so(run_with_checkpoint, tmp_path, caps
     (run_with_checkpoint.result_file).write_text(json.dumps({"final_top1": 10.0}))
     assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "b.params")]) == 0
     assert "unfinished" not in capsys.readouterr().err
+
+
+# -- cause 16: trainer.states is unpickled with an allow-list ----------------------------------------
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_trainer_states_runs_no_code_at_resume(tmp_path, monkeypatch):
+    import hashlib
+
+    import seams
+    from gluon_tricks.engine import train
+    from gluon_tricks.errors import Interrupted
+    from gluon_tricks.recipe import recipe_from_dict
+
+    # probe 9.11: trainer.states replaced by a pickle that runs a command, its SHA-256 updated in state.json
+    seams.linear_zoo(monkeypatch)
+    d = seams.tiny(epochs=2, images=32)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train(recipe_from_dict(d), run, progress=False, max_steps=3)
+    ckpt = sorted((run / "checkpoints").iterdir())[-1]
+    marker = tmp_path / "PWNED"
+    (ckpt / "trainer.states").write_bytes(pickle.dumps(({0: _Payload(marker)}, None)))
+    state = json.loads((ckpt / "state.json").read_text())
+    state["sha256"]["trainer.states"] = hashlib.sha256((ckpt / "trainer.states").read_bytes()).hexdigest()
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"trainer.states is not optimizer states written by gluon-tricks "
+                                        r"\(refusing to load posix.system\)"):
+        train(recipe_from_dict(d), run, resume=True, progress=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("optimizer,dtype", [(o, "float32") for o in ("nag", "sgd", "adam", "nadam", "adadelta",
+                                                                       "rmsprop")] + [("nag", "float16")])
+def test_the_states_every_optimizer_saves_pass_the_allow_list(tmp_path, optimizer, dtype):
+    from mxnet import autograd, gluon
+
+    from gluon_tricks.recipe import recipe_from_dict
+    from gluon_tricks.results import check_trainer_states
+    from gluon_tricks.tricks.optim import make_optimizer
+
+    recipe = recipe_from_dict({"optim": {"name": optimizer}, "schedule": {"kind": "cosine"},
+                               "model": {"dtype": dtype}})
+    net = gluon.nn.Dense(3, in_units=4)
+    net.initialize()
+    net.cast(dtype)
+    trainer = gluon.Trainer(net.collect_params(), *make_optimizer(recipe, 10))
+    with autograd.record():  # float16 layers do not run on the CPU; elementwise ops do
+        loss = mx.nd.add_n(*[p.data().astype("float32").sum() for p in net.collect_params().values()])
+    loss.backward()
+    trainer.step(2)
+    trainer.save_states(str(tmp_path / "trainer.states"))
+    assert (tmp_path / "trainer.states").read_bytes().count(b"NDArray")  # states were saved, not an empty dict
+    check_trainer_states(tmp_path / "trainer.states")
