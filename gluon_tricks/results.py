@@ -36,6 +36,7 @@ from pathlib import Path
 
 from gluon_tricks._compat import tomllib
 from gluon_tricks.errors import UserError, first_line, shown
+from gluon_tricks.paths import committed_results_root, runs_root
 
 TOOL = "gluon-tricks"
 FORMAT = 1
@@ -89,10 +90,6 @@ def code_revision() -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def default_runs_root() -> Path:
-    return Path(os.environ.get("GLUON_TRICKS_RUNS", "runs"))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -502,20 +499,10 @@ def _open_own_file(path: Path, flags: int) -> int:
                     "followed elsewhere: remove it (or copy the run without links) and run again")
 
 
-def committed_results_root() -> Path | None:
-    """Finished runs committed with the project (run.json, recipe.toml, metrics.jsonl,
-    result.json; no checkpoints), searched after the runs root so a fresh clone prints them.
-    $GLUON_TRICKS_RESULTS names another directory; set it empty to ignore them (e.g. to retrain)."""
-    env = os.environ.get("GLUON_TRICKS_RESULTS")
-    if env is not None:
-        return Path(env) if env else None
-    return Path(__file__).resolve().parent.parent / "results"
-
-
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
     """The finished run of a recipe, wherever its directory is named: in the runs root first,
     then among the committed results."""
-    root = Path(root) if root else default_runs_root()
+    root = Path(root) if root else runs_root()
     for base in (root, committed_results_root()):
         if base is None or not base.is_dir():
             continue
@@ -531,7 +518,7 @@ def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict]
 def run_dir_for(recipe_name: str, recipe_hash: str, root: Path | None = None) -> Path:
     """<root>/<name>-<hash>: always directly inside the runs root (recipe loading refuses other names;
     this guards a Recipe built without it)."""
-    root = Path(root) if root else default_runs_root()
+    root = Path(root) if root else runs_root()
     path = root / f"{recipe_name}-{recipe_hash}"
     if path.parent != root or path.name in (".", ".."):
         raise UserError(f"recipe name '{shown(recipe_name)[:80]}' is not a plain file name: its run directory "
