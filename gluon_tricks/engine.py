@@ -216,6 +216,9 @@ class Position:
     step: int = 0
     best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": 0.0, "epoch": -1})
     partial: dict = field(default_factory=dict)
+    # Each stretch of training, a resume starting a new one: where it started and the [system]
+    # it ran with (devices, device_batch are not part of the identity but change the arithmetic).
+    segments: list = field(default_factory=list)
 
 
 def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -253,9 +256,12 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
                     _save(job, trainer, position)
                 job.progress.end(row)
         rows = job.run.read_metrics() if job.dist.is_chief else []
+        if job.dist.is_chief:
+            _check_final_row(rows, recipe.epochs, job.run)
         result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
                             job.train_images, len(job.test_stream))
         result.update(provenance(job.contexts))
+        result["segments"] = position.segments
         if job.dist.is_chief:
             job.run.write_result(result)
         if params_out is not None:
@@ -348,8 +354,11 @@ def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
         job.scaler.load(ckpt.state["scaler"])
         position.best = ckpt.state["best"]
         position.partial = ckpt.state.get("partial_epoch", {})
+        position.segments = list(ckpt.state.get("segments", []))
         print(f"resuming {run.path} at epoch {position.epoch + 1}, step {position.step} from {ckpt.path.name}",
               file=sys.stderr)
+    position.segments.append({"from_epoch": position.epoch, "from_step": position.step,
+                              "system": job.recipe.to_dict()["system"], "devices": [str(c) for c in job.contexts]})
     return position, trainer
 
 
@@ -374,7 +383,7 @@ def _save(job: Job, trainer, position: Position):
         raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
                               "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
-             "partial_epoch": position.partial}
+             "partial_epoch": position.partial, "segments": position.segments}
     return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
                                    keep=job.recipe.system.keep_checkpoints)
 
@@ -515,6 +524,15 @@ def optimizer_step(trainer, scaler, contexts, global_batch: int, check_reduced: 
     else:
         trainer.step(global_batch * scaler.scale)
     return True
+
+
+def _check_final_row(rows: list[dict], epochs: int, run: RunDir) -> None:
+    """A result is its last epoch's row: none is written without one (probe 5.9: with result.json
+    and metrics.jsonl deleted and the checkpoints kept, the resumed run wrote final_top1 NaN)."""
+    if epochs - 1 not in {r["epoch"] for r in rows}:
+        raise UserError(f"{run.metrics_file} has no row for the last epoch ({epochs}): the metrics were lost, "
+                        f"so no result can be written; train again (train --overwrite, or move {run.path} away "
+                        "before table --run)")
 
 
 def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,

@@ -1,7 +1,8 @@
 """Run directories: atomic files, checkpoints that survive kills, results by content hash.
 
 A run directory holds
-  recipe.toml      the resolved recipe (what ran)
+  recipe.toml      the resolved recipe (what ran; a resume with other [system] settings keeps it,
+                   result.json's "segments" list each stretch's [system])
   run.json         the marker: {"tool": "gluon-tricks", "format": 1}, the recipe's content hash and name
   metrics.jsonl    one JSON line per finished epoch
   result.json      written once, when the run has finished
@@ -257,9 +258,21 @@ class RunDir:
                   and (self.path / "recipe.toml").is_file())
         return info if legacy else None
 
+    def _damaged_run_json(self) -> str:
+        """Why run.json cannot be read, when this directory still looks like one of our runs
+        (recipe.toml beside it); "" otherwise."""
+        if not (self.path / "recipe.toml").is_file() or not (self.path / "run.json").is_file():
+            return ""
+        try:
+            json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError) as e:
+            return "not valid JSON" if isinstance(e, ValueError) else e.__class__.__name__
+        return ""
+
     def unfinished(self, ckpt: Checkpoint) -> str:
         """How far an unfinished run got ("1 of 3 epochs done, no result.json"), or "" when it finished."""
-        if self.result() is not None:
+        result, problem = self.read_result()
+        if result is not None:
             return ""
         try:
             epochs = tomllib.loads((self.path / "recipe.toml").read_text()).get("epochs")
@@ -268,13 +281,28 @@ class RunDir:
         total = f" of {epochs}" if isinstance(epochs, int) else ""
         step = ckpt.state.get("next_step") or 0
         return (f"{ckpt.state.get('next_epoch')}{total} epochs" + (f" and {step} steps" if step else "") +
-                " done, no result.json")
+                " done" + (f"; {problem}" if problem else ", no result.json"))
 
     def result(self) -> dict | None:
+        """result.json when it is a valid result of this run, else None (see read_result)."""
+        return self.read_result()[0]
+
+    def read_result(self) -> tuple[dict | None, str]:
+        """(result, "") for a valid result.json of this run; (None, why not) otherwise, the reason
+        "" when there is no result.json at all. A result is read back only through here: a
+        cut, hand-edited or copied file (red team 2, probes 5.3-5.5, 5.11) is never used."""
         try:
-            return json.loads(self.result_file.read_text())
-        except (OSError, ValueError):
-            return None
+            text = self.result_file.read_text()
+        except FileNotFoundError:
+            return None, ""
+        except (OSError, UnicodeDecodeError) as e:
+            return None, f"{shown(self.result_file)} is unreadable ({e.__class__.__name__})"
+        try:
+            res = json.loads(text)
+        except ValueError:
+            return None, f"{shown(self.result_file)} is not valid JSON (cut by a kill or edited?)"
+        problem = result_problem(res, (self.run_info() or {}).get("hash"))
+        return (None, f"{shown(self.result_file)} {problem}") if problem else (res, "")
 
     # -- start / guard -------------------------------------------------------------------
     def _foreign_files(self) -> list[str]:
@@ -335,6 +363,11 @@ class RunDir:
     def _prepare(self, recipe_hash, name, recipe_toml, resume, overwrite) -> None:
         if self._foreign_files() and self.run_info() is None:
             # Refuse before creating anything (no .lock) in a directory that is not ours.
+            damaged = self._damaged_run_json()
+            if damaged:  # probe 5.12: a cut run.json hid a finished run behind "choose another --out"
+                raise UserError(f"{shown(self.path / 'run.json')} is damaged ({damaged}), so this directory is "
+                                "not recognised as a run; restore the file, or move the directory away to train "
+                                "again")
             if overwrite:
                 raise UserError(f"{shown(self.path)} holds files that are not a gluon-tricks run; "
                                 "--overwrite only replaces runs: choose another --out")
@@ -364,27 +397,39 @@ class RunDir:
                 (self.path / leftover).unlink()
         # run.json (the marker) first: a kill between the two writes leaves a recognisable run.
         atomic_write_json(self.path / "run.json", {"tool": TOOL, "format": FORMAT, "hash": recipe_hash, "name": name})
-        atomic_write_text(self.path / "recipe.toml", recipe_toml)
+        if not (resume and self.checkpoints() and (self.path / "recipe.toml").is_file()):
+            # A resume keeps the recipe.toml the run started with: [system] (devices, device_batch)
+            # may change at a resume, and result.json lists each segment's (probe 2.10).
+            atomic_write_text(self.path / "recipe.toml", recipe_toml)
 
     # -- metrics ---------------------------------------------------------------------------
-    def read_metrics(self) -> list[dict]:
-        rows = []
+    def read_metrics(self, warn: bool = False) -> list[dict]:
+        """The valid epoch rows of metrics.jsonl. A line cut by a kill mid-write, or one that is not
+        an epoch row (probes 5.14, 5.15), is skipped; `warn` says so on stderr, naming the file."""
+        rows, bad = [], 0
         try:
             lines = self.metrics_file.read_text().splitlines()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return rows
         for line in lines:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                continue  # a line cut by a kill mid-write
+                row = None
+            if metrics_row_problem(row):
+                bad += 1
+            else:
+                rows.append(row)
+        if bad and warn:
+            print(f"warning: {shown(self.metrics_file)}: skipped {bad} line(s) that are not epoch rows",
+                  file=sys.stderr)
         return rows
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep one line per epoch before `before_epoch` (resume replays the rest)."""
         seen, kept = set(), []
         for row in self.read_metrics():
-            if row.get("epoch", 1 << 30) < before_epoch and row["epoch"] not in seen:
+            if row["epoch"] < before_epoch and row["epoch"] not in seen:
                 seen.add(row["epoch"])
                 kept.append(row)
         atomic_write_text(self.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
@@ -502,17 +547,70 @@ def _open_own_file(path: Path, flags: int) -> int:
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
     """The finished run of a recipe, wherever its directory is named: in the runs root first,
     then among the committed results."""
+    path, result, _ = lookup_result(recipe_hash, root)
+    return (path, result) if result is not None else None
+
+
+def lookup_result(recipe_hash: str, root: Path | None = None) -> tuple[Path | None, dict | None, str]:
+    """(run directory, valid result, "") for a finished run of the recipe. Else (None, None, "")
+    when no directory holds the recipe, (its directory, None, "") when the run is unfinished (no
+    result.json), and (its directory, None, what is wrong) when a file of it is unreadable."""
     root = Path(root) if root else runs_root()
+    first: tuple[Path | None, str] = (None, "")
     for base in (root, committed_results_root()):
         if base is None or not base.is_dir():
             continue
         for d in sorted(base.iterdir()):
             rd = RunDir(d)
-            if d.is_dir() and d.name.endswith(recipe_hash) or (rd.run_info() or {}).get("hash") == recipe_hash:
-                res = rd.result()
-                if res is not None and (rd.run_info() or {}).get("hash") == recipe_hash:
-                    return d, res
-    return None
+            info = rd.run_info() or {}
+            if info.get("hash") == recipe_hash:
+                res, problem = rd.read_result()
+                if res is not None:
+                    return d, res, ""
+            elif d.name.endswith(f"-{recipe_hash}") and rd._damaged_run_json():
+                problem = f"{shown(d / 'run.json')} is damaged ({rd._damaged_run_json()})"
+            else:
+                continue
+            if first[0] is None or (problem and not first[1]):  # an unreadable file is worth naming first
+                first = (d, problem)
+    return first[0], None, first[1]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What the tables, plots and the result summary read from a metrics row.
+METRICS_ROW_KEYS = ("top1", "top5", "train_loss", "lr", "seconds", "images_per_sec")
+
+
+def metrics_row_problem(row) -> str:
+    """Why `row` (one parsed metrics.jsonl line) is not an epoch row; "" when it is. Values may be
+    NaN (a diverged epoch is still a row)."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool) or row["epoch"] < 0:
+        return "no epoch number"
+    missing = [k for k in METRICS_ROW_KEYS if not _is_number(row.get(k))]
+    return f"no number for {', '.join(missing)}" if missing else ""
+
+
+def result_problem(res, run_hash: str | None) -> str:
+    """Why `res` (a parsed result.json) cannot be shown as the result of the run whose run.json
+    holds `run_hash`; "" when it can."""
+    import math
+
+    if not isinstance(res, dict):
+        return "is not a JSON object"
+    bad = [k for k in ("final_top1", "final_top5", "seconds_per_epoch")
+           if not _is_number(res.get(k)) or not math.isfinite(res[k])]
+    if bad:
+        return f"has no finite number for {', '.join(bad)}"
+    if not isinstance(res.get("epochs"), int) or not isinstance(res.get("hardware"), dict):
+        return "lacks epochs or hardware"
+    if res.get("hash") != run_hash:  # probe 5.11: another run's result copied into this directory
+        return f"belongs to another run (its hash {shown(res.get('hash'))}, the run's {shown(run_hash)})"
+    return ""
 
 
 def run_dir_for(recipe_name: str, recipe_hash: str, root: Path | None = None) -> Path:

@@ -191,6 +191,12 @@ def test_run_dir_for_never_leaves_the_root(tmp_path):
             run_dir_for(name, HASH, tmp_path)
 
 
+def a_result(run_hash, top1=10.0, **changes):
+    """A result.json as engine._summarize writes it (the keys tables read)."""
+    return dict({"hash": run_hash, "final_top1": top1, "final_top5": 50.0, "seconds_per_epoch": 1.0, "epochs": 3,
+                 "hardware": {"ctx": ["cpu(0)"], "machine": "x86_64", "cpus": 2}}, **changes)
+
+
 # -- cause 14 (and 10, export of an unfinished run) ----------------------------------------------------
 @pytest.fixture
 def run_with_checkpoint(tmp_path):
@@ -237,7 +243,11 @@ def test_export_of_an_unfinished_run_says_so(run_with_checkpoint, tmp_path, caps
     # probe 6.1: a run killed in epoch 2 of 3 was exported without a word
     assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "a.params")]) == 0
     assert "is unfinished (1 of 3 epochs done, no result.json)" in capsys.readouterr().err
-    (run_with_checkpoint.result_file).write_text(json.dumps({"final_top1": 10.0}))
+    (run_with_checkpoint.result_file).write_text(json.dumps({"final_top1": 10.0}))  # not a whole result
+    assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "b.params")]) == 0
+    assert "is unfinished (1 of 3 epochs done; " in capsys.readouterr().err
+    (run_with_checkpoint.result_file).write_text(json.dumps(a_result(HASH)))
+    (tmp_path / "b.params").unlink()
     assert main(["export", str(run_with_checkpoint.path), str(tmp_path / "b.params")]) == 0
     assert "unfinished" not in capsys.readouterr().err
 
