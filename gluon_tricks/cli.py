@@ -49,10 +49,14 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from gluon_tricks.recipe import content_hash, load_recipe
+    from gluon_tricks.errors import shown
+    from gluon_tricks.recipe import content_hash, explicit_keys, load_recipe, run_warnings
     from gluon_tricks.results import run_dir_for
 
-    recipe = load_recipe(resolve_recipe_path(args.recipe), _overrides(args))
+    path = resolve_recipe_path(args.recipe)
+    recipe = load_recipe(path, _overrides(args))
+    for warning in run_warnings(recipe, explicit_keys(path, _overrides(args))):
+        print(f"gluon-tricks: warning: {shown(warning)}", file=sys.stderr)
     out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
     from gluon_tricks.engine import train
 
