@@ -541,8 +541,9 @@ def explicit_keys(path: str | Path, overrides: list[str] = ()) -> set[str]:
 
 
 def run_warnings(recipe: Recipe, explicit: set[str] | None = None) -> list[str]:
-    """What a recipe asks for but its training will not do: settings it sets (`explicit`;
-    default: those changed from their default) that its other settings make irrelevant, a
+    """What a recipe asks for but its training will not do: settings changed from their default
+    (and set by the file itself or --set, when `explicit` is given) that its other settings
+    make irrelevant (a resolved recipe.toml sets every key, mostly to defaults), a
     warm-up or a mixup window that does not fit the run, decays at or after its end.
     Warnings, not errors: `--epochs` shortens a run on purpose (reliability-redteam-2
     probes 4.10-4.13, 4.25)."""
@@ -550,7 +551,7 @@ def run_warnings(recipe: Recipe, explicit: set[str] | None = None) -> list[str]:
     out = []
     for key, why in unused_with_reasons(recipe).items():
         section, name = key.split(".")
-        if key in explicit if explicit is not None else values[section][name] != defaults[section][name]:
+        if values[section][name] != defaults[section][name] and (explicit is None or key in explicit):
             out.append(f"{key} = {values[section][name]!r} has no effect: {why}")
     s, epochs = recipe.schedule, recipe.epochs
     if s.warmup_epochs >= epochs:

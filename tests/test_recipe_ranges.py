@@ -128,8 +128,13 @@ def test_settings_the_recipe_makes_irrelevant_are_warned_about(tmp_path):
     # a value inherited through extends is the parent's business: no warning for decay_epochs here
     assert run_warnings(load_recipe(base), explicit_keys(write(tmp_path / "c.toml", 'extends = "base.toml"\n'))) == []
     # --set counts as set by the user
-    assert any("smoothing.form" in x for x in
-               run_warnings(load_recipe(base), explicit_keys(base, ['smoothing.form="paper"'])))
+    sets = ['smoothing.form="paper"']
+    assert any("smoothing.form = 'paper' has no effect: smoothing.eps is 0" in x
+               for x in run_warnings(load_recipe(base, sets), explicit_keys(base, sets)))
+    # a resolved recipe.toml sets every key, mostly to their defaults: those are no news
+    from gluon_tricks.recipe import to_toml
+    full = write(tmp_path / "full.toml", to_toml(load_recipe(base)))
+    assert run_warnings(load_recipe(full), explicit_keys(full)) == []
 
 
 def test_windows_that_do_not_fit_the_run_are_warned_about():
