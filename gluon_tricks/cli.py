@@ -152,6 +152,9 @@ def cmd_prepare(args) -> int:
               file=sys.stderr)
         for rel in info["skipped"][:20]:
             print(f"  {shown(rel)}", file=sys.stderr)
+    if info["crashed"]:  # a decoder that kills its process: name the file, the OS does not
+        print(f"the image decoder crashed (its process died) on {len(info['crashed'])} of them, e.g. "
+              f"{shown(info['crashed'][0])}; they are skipped and listed too", file=sys.stderr)
     return 0
 
 
