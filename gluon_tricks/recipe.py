@@ -86,6 +86,10 @@ class ScheduleSpec:
     # "epoch": lr * (i + 1) / warmup_epochs through epoch i, from lr / warmup_epochs (the
     # Food-101 tutorial's optimizer_step).
     warmup_every: str = "iteration"
+    # cosine and poly only: "iteration", the curve moves at every step (Bag of Tricks' "the
+    # total number of batches is T"); "epoch", it moves once per epoch, as the Food-101
+    # tutorial's "at epoch t, l_t = 1/2 (1 + cos(t pi / T)) l" with T epochs after the warm-up.
+    decay_every: str = "iteration"
 
 
 @dataclass
@@ -162,6 +166,7 @@ CHOICES = {
     "schedule.kind": {"step", "cosine", "poly", "constant"},
     "schedule.decay_from": {"start", "warmup_end"},
     "schedule.warmup_every": {"iteration", "epoch"},
+    "schedule.decay_every": {"iteration", "epoch"},
     "smoothing.form": {"gluoncv", "paper"},
     "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
     "mixup.partner": {"reversed", "random"},
@@ -510,7 +515,7 @@ def unused_with_reasons(recipe: Recipe) -> dict[str, str]:
     if s["kind"] != "poly":
         add(["schedule.power"], f'schedule.kind is "{s["kind"]}", not "poly"')
     if s["kind"] not in ("cosine", "poly"):
-        add(["schedule.final_lr"], f'schedule.kind is "{s["kind"]}", not "cosine" or "poly"')
+        add(["schedule.final_lr", "schedule.decay_every"], f'schedule.kind is "{s["kind"]}", not "cosine" or "poly"')
     if s["warmup_epochs"] == 0:
         add(["schedule.warmup_start_lr", "schedule.warmup_every"], "schedule.warmup_epochs is 0")
     elif s["warmup_every"] == "epoch":
