@@ -22,7 +22,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # -- preparing RecordIO ------------------------------------------------------------------------
 def list_images(src: Path) -> tuple[list[tuple[int, str]], list[str]]:
-    """(label, relative path) of every image, labels by sorted class-folder name."""
+    """(label, relative path) of every image, labels by sorted class-folder name.
+
+    A class folder that resolves to `src` or one of its ancestors (`train/z -> .`) is not a
+    class: following it would list every image a second time under a phantom label
+    (reliability-redteam-2 probe 7.18)."""
     src = Path(src)
     if not src.is_dir():
-        raise UserError(f"image folder {src} not found; it needs one sub-folder per class")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir())
+        raise UserError(f"image folder {shown(src)} not found; it needs one sub-folder per class")
+    here = src.resolve()
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and d.resolve() not in (here, *here.parents))
     if not classes:
-        raise UserError(f"{src} has no class sub-folders (expected {src}/<class>/<image>.jpg)")
+        raise UserError(f"{shown(src)} has no class sub-folders (expected {shown(src)}/<class>/<image>.jpg)")
+    not_utf8 = [c for c in classes if not _is_utf8(c)]
+    if not_utf8:  # classes.txt, which training reads back, is UTF-8 text
+        raise UserError(f"class folder name {shown(not_utf8[0])} is not UTF-8; rename it (nothing was written)")
     items = []
     for label, name in enumerate(classes):
         for f in sorted((src / name).rglob("*")):
@@ -52,12 +61,28 @@ def list_images(src: Path) -> tuple[list[tuple[int, str]], list[str]]:
     return items, classes
 
 
+def _is_utf8(name: str) -> bool:
+    """False for a name Python decoded with surrogate escapes (its bytes are not UTF-8)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _encode(args):
-    """Worker: read, resize the shorter side, re-encode as JPEG. None if unreadable."""
+    """Worker: read, resize the shorter side, re-encode as JPEG. None if unreadable.
+
+    The file is read by Python and decoded from memory: `cv2.imread` takes the name as a
+    C string and segfaults on one that is not UTF-8 (probe 7.20)."""
     import cv2
 
     path, resize, quality = args
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+        img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    except (OSError, cv2.error):  # a dangling or looping link, a directory named .jpg
+        return None
     if img is None:
         return None
     if resize > 0:
@@ -66,6 +91,47 @@ def _encode(args):
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return buf.tobytes() if ok else None
+
+
+# What `_encoded` yields for a file whose decoder killed the worker process.
+CRASHED = object()
+# Files handed to the pool at a time: after a crash, only these are retried one by one.
+BLOCK = 512
+
+
+def _encoded(jobs: list, workers: int):
+    """`_encode` of each job, in order, on `workers` processes. A decoder that kills its
+    process (a segfault in OpenCV or libjpeg) breaks a `ProcessPoolExecutor` at once, where
+    `multiprocessing.Pool` waited forever for the lost task (probe 7.20): the block is then
+    retried one file at a time, and the file that kills a process again gets CRASHED."""
+    pool = ProcessPoolExecutor(workers)
+    try:
+        for start in range(0, len(jobs), BLOCK):
+            block = jobs[start:start + BLOCK]
+            try:
+                results = list(pool.map(_encode, block, chunksize=16))
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                results = _encode_one_by_one(block)
+                pool = ProcessPoolExecutor(workers)
+            yield from results
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _encode_one_by_one(block: list) -> list:
+    out, one = [], ProcessPoolExecutor(1)
+    try:
+        for job in block:
+            try:
+                out.append(one.submit(_encode, job).result())
+            except BrokenProcessPool:
+                out.append(CRASHED)
+                one.shutdown(wait=True)
+                one = ProcessPoolExecutor(1)
+    finally:
+        one.shutdown(wait=True)
+    return out
 
 
 # Characters that would break a tab-separated .lst row (im2rec's format) or a listing line.
@@ -152,12 +218,15 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"prepare {name}", unit="img")
-    written = 0
+    written, crashed = 0, []
     try:
-        with Pool(workers) as pool, open(temps["lst"], "w") as lst:
-            for i, encoded in enumerate(pool.imap(_encode, jobs, chunksize=16)):
+        # surrogateescape: a file name that is not UTF-8 is listed with its own bytes
+        with open(temps["lst"], "w", encoding="utf-8", errors="surrogateescape") as lst:
+            for i, encoded in enumerate(_encoded(jobs, workers)):
                 label, rel = items[i]
-                if encoded is None:
+                if encoded is CRASHED:
+                    crashed.append(rel)
+                if encoded is None or encoded is CRASHED:
                     skipped.append(rel)
                 else:
                     header = mx.recordio.IRHeader(0, float(label), written, 0)
@@ -170,8 +239,8 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
         record.close()
         if bar is not None:
             bar.close()
-    temps["skipped.txt"].write_text("".join(s + "\n" for s in skipped))
-    return {"records": written, "skipped": skipped, "classes": len(classes)}
+    temps["skipped.txt"].write_text("".join(s + "\n" for s in skipped), encoding="utf-8", errors="surrogateescape")
+    return {"records": written, "skipped": skipped, "crashed": crashed, "classes": len(classes)}
 
 
 def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
