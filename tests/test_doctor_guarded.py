@@ -90,6 +90,13 @@ def test_doctor_with_a_broken_mxnet_prints_fail_lines_and_no_traceback(tmp_path)
     assert "FAIL import mxnet failed" in r.stdout and "== Disk" in r.stdout
 
 
+def test_a_missing_gluoncv_is_named():  # probe 3.4: gluoncv uninstalled
+    from gluon_tricks.cli import broken_install
+
+    assert broken_install(ModuleNotFoundError("No module named 'gluoncv'", name="gluoncv")) == "gluoncv"
+    assert broken_install(ModuleNotFoundError("No module named 'gluoncv.model_zoo'", name="gluoncv.model_zoo")) == "gluoncv"
+
+
 def test_a_bug_elsewhere_keeps_its_traceback():
     from gluon_tricks.cli import broken_install
 
