@@ -96,17 +96,23 @@ def cmd_schedule(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import shutil
+    from gluon_tricks.errors import UserError, shown
+    from gluon_tricks.results import RunDir, atomic_copy
 
-    from gluon_tricks.errors import UserError
-    from gluon_tricks.results import RunDir
-
-    ckpt = RunDir(Path(args.run_dir)).latest_checkpoint()
+    out = Path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.overwrite:  # probe 6.3: a teacher was replaced unasked
+        raise UserError(f"{shown(out)} already exists; pass --overwrite to replace it, or choose another file")
+    run = RunDir(Path(args.run_dir))
+    ckpt = run.latest_checkpoint()
     if ckpt is None:
-        raise UserError(f"{args.run_dir} has no valid checkpoint to export; train it first")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ckpt.params, args.out)
-    print(f"{ckpt.params} -> {args.out}")
+        raise UserError(f"{shown(args.run_dir)} has no valid checkpoint to export; train it first")
+    unfinished = run.unfinished(ckpt)
+    if unfinished:  # probe 6.1: an interrupted run's weights went out as if final
+        print(f"warning: {shown(args.run_dir)} is unfinished ({unfinished}): exporting its newest checkpoint; "
+              "finish it with train --resume for the final weights", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_copy(ckpt.params, out)
+    print(f"{shown(ckpt.params)} -> {shown(out)}")
     return 0
 
 
@@ -257,12 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check-records", help="decode every record of a .rec; list (and with --repair skip) corrupt ones")
     ck.add_argument("prefix", help="e.g. data/imagenet/train for train.rec + train.idx")
-    ck.add_argument("--repair", metavar="OUT_PREFIX", help="write the good records to OUT_PREFIX.rec/.idx")
+    ck.add_argument("--repair", metavar="OUT_PREFIX", help="write the good records to a new OUT_PREFIX.rec/.idx (+ .lst, .classes.txt)")
     ck.set_defaults(func=cmd_check_records)
 
     ex = sub.add_parser("export", help="copy a run's newest parameters to a .params file (e.g. a teacher)")
     ex.add_argument("run_dir")
-    ex.add_argument("out")
+    ex.add_argument("out", help="the .params file to write (refused if it exists, unless --overwrite)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing file")
     ex.set_defaults(func=cmd_export)
 
     dr = sub.add_parser("doctor", help="check this machine: packages, MXNet build, CUDA libraries, GPUs, data, disk")

@@ -285,6 +285,7 @@ def _build(raw: dict, source: str) -> Recipe:
             kwargs[key] = _coerce(value, hints[key], f"{source}: {key}")
     recipe = Recipe(**kwargs)
     _check_semantics(recipe, source)
+    _check_name(recipe.name, source)
     return recipe
 
 
@@ -354,6 +355,24 @@ def _non_finite_floats(r: Recipe) -> list[str]:
                     hints[f.name] == list[float] and not all(math.isfinite(x) for x in v):
                 bad.append(f"{key} must be a finite number, got {v!r}")
     return bad
+
+
+# A run directory is <runs root>/<name>-<hash>, so a name is one path component. 200 bytes
+# leave room for "-<16 hex>" and temporary prefixes under the usual 255-byte file-name limit.
+NAME_MAX_BYTES = 200
+
+
+def _check_name(name: str, source: str) -> None:
+    """A name that would put the run directory outside the runs root (probes 9.1, 9.2:
+    "../../x", "/abs/x") or make an unprintable or too long file name is refused at load."""
+    problem = ("is empty" if not name.strip() else
+               "contains a path separator" if "/" in name or "\\" in name else
+               "contains a control character" if not name.isprintable() else
+               f"is longer than {NAME_MAX_BYTES} bytes" if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES
+               else "")
+    if problem:
+        raise UserError(f"{source}: name '{shown(name)[:80]}' {problem}; the name becomes the run directory "
+                        "<runs>/<name>-<hash>: use letters, digits, '-', '_' or '.'")
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -246,7 +246,11 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
 def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     """Decode every record of PREFIX.rec (via its .idx); list the ones that do not decode.
     With `repair_to`, write the good records to a new REPAIR.rec/.idx (the bad ones skipped
-    and counted): ImageRecordIter cannot skip a corrupt record, it stops the epoch."""
+    and counted), plus REPAIR.lst and REPAIR.classes.txt when PREFIX has them:
+    ImageRecordIter cannot skip a corrupt record, it stops the epoch.
+
+    The repair is written under temporary names and renamed at the end (as `prepare` does),
+    and never onto the files it reads: MXNet's writer truncates its files when it opens them."""
     import cv2
     import mxnet as mx
 
@@ -254,38 +258,94 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     rec_path, idx_path = Path(f"{prefix}.rec"), Path(f"{prefix}.idx")
     for p in (rec_path, idx_path):
         if not p.is_file():
-            raise UserError(f"{p} not found; give the prefix of a .rec/.idx pair, e.g. data/imagenet/train")
+            raise UserError(f"{shown(p)} not found; give the prefix of a .rec/.idx pair, e.g. data/imagenet/train")
+    finals, temps = {}, {}
+    if repair_to is not None:
+        finals = {ext: Path(f"{repair_to}.{ext}") for ext in REPAIR_FILES}
+        _refuse_repair_onto(prefix, repair_to, finals)
+        temps = {ext: p.with_name(f".{p.name}.tmp{os.getpid()}") for ext, p in finals.items()}
     reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
-    writer = mx.recordio.MXIndexedRecordIO(f"{repair_to}.idx", f"{repair_to}.rec", "w") if repair_to else None
-    bad, good = [], 0
-    for key in reader.keys:
-        try:
-            header, payload = mx.recordio.unpack(reader.read_idx(key))
-            ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
-        except Exception:  # a damaged header raises from the unpacking itself
-            ok = False
-        if not ok:
-            bad.append(key)
-        elif writer is not None:
-            writer.write_idx(good, mx.recordio.pack(header._replace(id=good), payload))
-            good += 1
-        else:
-            good += 1
-    # A record started but never indexed (a kill mid-write) sits after the last indexed one;
-    # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
-    # must end exactly at the end of the file (records are padded to 4 bytes).
-    end = 0
-    if reader.keys:
-        last = max(reader.keys, key=lambda k: reader.idx[k])
-        reader.seek(last)
-        end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
-    trailing = rec_path.stat().st_size - end
-    reader.close()
-    if writer is not None:
-        writer.close()
+    try:
+        writer = mx.recordio.MXIndexedRecordIO(str(temps["idx"]), str(temps["rec"]), "w") if temps else None
+        bad, kept = [], {}  # kept: old record key -> new one
+        for key in reader.keys:
+            try:
+                header, payload = mx.recordio.unpack(reader.read_idx(key))
+                ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
+            except Exception:  # a damaged header raises from the unpacking itself
+                ok = False
+            if not ok:
+                bad.append(key)
+                continue
+            if writer is not None:
+                writer.write_idx(len(kept), mx.recordio.pack(header._replace(id=len(kept)), payload))
+            kept[key] = len(kept)
+        # A record started but never indexed (a kill mid-write) sits after the last indexed one;
+        # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
+        # must end exactly at the end of the file (records are padded to 4 bytes).
+        end = 0
+        if reader.keys:
+            last = max(reader.keys, key=lambda k: reader.idx[k])
+            reader.seek(last)
+            end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
+        trailing = rec_path.stat().st_size - end
+        if writer is not None:
+            writer.close()
+            _write_repair_extras(prefix, kept, temps)
+            # .rec last: a kill before it leaves no pair that looks complete
+            for ext in ("lst", "classes.txt", "idx", "rec"):
+                if temps[ext].exists():
+                    os.replace(temps[ext], finals[ext])
+    except (OSError, mx.MXNetError) as e:
+        if not temps:
+            raise
+        reason = "the disk is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else \
+            (getattr(e, "strerror", None) or first_line(e, 160))
+        raise UserError(f"could not write {shown(repair_to)}.rec/.idx: {reason}; nothing was written "
+                        "(free space or choose another output)") from None
+    finally:
+        reader.close()
+        for t in temps.values():
+            try:
+                t.unlink(missing_ok=True)
+            except OSError:
+                pass
     if trailing:
         bad.append(f"{trailing} bytes after the last indexed record")
-    return {"records": good + len([b for b in bad if isinstance(b, int)]), "bad": bad}
+    return {"records": len(kept) + len([b for b in bad if isinstance(b, int)]), "bad": bad}
+
+
+REPAIR_FILES = ("rec", "idx", "lst", "classes.txt")
+
+
+def _refuse_repair_onto(prefix: Path, repair_to: Path, finals: dict) -> None:
+    """A repair must not replace the pair it reads (red team 7.27: written in place, both
+    files were truncated to 0 bytes) nor any other existing dataset."""
+    sources = {Path(f"{prefix}.{ext}").resolve() for ext in REPAIR_FILES}
+    onto = [p for p in finals.values() if p.resolve() in sources]
+    if onto:
+        raise UserError(f"--repair {shown(repair_to)} would write over the records it reads; "
+                        f"give a new prefix, e.g. {shown(prefix)}-clean (nothing was written)")
+    existing = [p for p in finals.values() if p.exists() or p.is_symlink()]
+    if existing:
+        raise UserError(f"{shown(existing[0])} already exists; give --repair a new prefix, or move the old "
+                        "files away (nothing was written)")
+
+
+def _write_repair_extras(prefix: Path, kept: dict, temps: dict) -> None:
+    """REPAIR.classes.txt (a copy) and REPAIR.lst (the kept rows, renumbered), so the repaired
+    prefix is a dataset like `prepare`'s output."""
+    classes = Path(f"{prefix}.classes.txt")
+    if classes.is_file():
+        temps["classes.txt"].write_bytes(classes.read_bytes())
+    lst = Path(f"{prefix}.lst")
+    if lst.is_file():
+        rows = []
+        for line in lst.read_text().splitlines():
+            key, sep, rest = line.partition("\t")
+            if sep and key.strip().isdigit() and int(key) in kept:
+                rows.append(f"{kept[int(key)]}\t{rest}\n")
+        temps["lst"].write_text("".join(rows))
 
 
 def _record_error(rec: Path, e: Exception) -> UserError:
