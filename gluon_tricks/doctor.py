@@ -293,7 +293,7 @@ def teacher_missing(spec) -> tuple[list[str], str]:
 
 def missing_inputs(recipes) -> list[str]:
     """What the recipes need that is neither here nor fetched on first use: teacher .params files,
-    ImageNet folders and records; one "what (how to get it)" each, every recipe's at once."""
+    ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
     from gluon_tricks.models import teacher_file
 
     out = []
@@ -304,7 +304,7 @@ def missing_inputs(recipes) -> list[str]:
         if recipe.data.dataset in ("recordio", "imagefolder"):
             needs.append(data_missing(recipe.data))
         for missing, how in needs:
-            out += [f"{m} ({how})" if how else m for m in missing if f"{m} ({how})" not in out and m not in out]
+            out += [line for line in (f"{m} -> {how}" if how else m for m in missing) if line not in out]
     return out
 
 

@@ -40,7 +40,7 @@ def test_missing_teachers_and_data_of_any_row_refuse_the_table_before_training(r
     assert main(["table", "t", "--run", "--runs", str(runs)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "table t cannot run: missing " in err and "(nothing was trained)" in err
-    assert f"{tmp_path}/no-such-teacher.params (teacher/train_teacher.sh" in err
+    assert f"{tmp_path}/no-such-teacher.params -> teacher/train_teacher.sh" in err
     assert f"{tmp_path}/imagenet/{{train.rec,train.idx" in err
     assert not runs.exists()
 
