@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+# Every benchmark imports this module before its functions import mxnet: with the GPU wheel,
+# gluon_tricks's import loads the pip CUDA libraries libmxnet.so needs (cuda_libs.py).
+import gluon_tricks  # noqa: E402,F401
 
 OUT = Path(__file__).parent / "out"
 
