@@ -307,7 +307,7 @@ def data_missing(spec) -> tuple[list[str], str]:
     root = Path(spec.root) if spec.root else \
         Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        need = [n for n in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx") if not (root / n).is_file()]
+        need = [n for n in ("train.rec", "train.idx", "val.rec", "val.idx") if not (root / n).is_file()]
         return ([f"{root}/{{{','.join(need)}}}"] if need else []), \
             f"gluon-tricks prepare IMAGES/train {root}/train (and val)"
     need = [root / "train", root / "val"]

@@ -199,10 +199,10 @@ def test_table_lines_list_missing_data_and_teachers(tmp_path, monkeypatch):
                                   '[[rows]]\nlabel = "b"\nrecipe = "b.toml"\n')
     (line,) = doctor.table_lines(tmp_path / "recipes")
     assert line.status == "WARN" and "gluon-tricks prepare" in line.fix
-    assert f"{rec}/{{train.rec,train.idx,train.classes.txt,val.rec,val.idx}}" in line.text
+    assert f"{rec}/{{train.rec,train.idx,val.rec,val.idx}}" in line.text  # classes.txt: optional (im2rec)
     assert f"{tmp_path}/home/models/resnet152_v1d-cfe0220d.params" in line.text
     rec.mkdir()
-    for name in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx"):
+    for name in ("train.rec", "train.idx", "val.rec", "val.idx"):
         (rec / name).write_bytes(b"")
     (tmp_path / "home" / "models").mkdir(parents=True)
     (tmp_path / "home" / "models" / "resnet152_v1d-cfe0220d.params").write_bytes(b"")

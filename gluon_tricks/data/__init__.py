@@ -76,15 +76,18 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
             classes, len(train)
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        from gluon_tricks.data.recordio import RecordTestStream, read_classes, record_train_stream
+        from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, record_classes, record_train_stream
 
-        classes = recipe.model.classes or read_classes(root)
-        if classes and read_classes(root) and classes < read_classes(root):
-            raise UserError(f"model.classes = {classes} but {root}/train.classes.txt lists {read_classes(root)}; "
+        RecordTrainStream.check_files(root)
+        # A recipe that names its classes (Bag of Tricks: ImageNet's 1000) needs no scan of the
+        # records when neither a classes list nor a .lst says what their labels span.
+        found = record_classes(root, scan=not recipe.model.classes)
+        classes = recipe.model.classes or found
+        if found and classes < found:
+            raise UserError(f"model.classes = {classes} but the labels of {root}/train.rec span {found} classes; "
                             "set model.classes to 0 (that count) or more")
         if not classes:
-            raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
-                            "`gluon-tricks prepare`); set model.classes")
+            raise UserError(f"number of classes unknown: {root}/train.rec holds no records; set model.classes")
         train = record_train_stream(recipe, root, rank, workers)
         return train, RecordTestStream(recipe, root), classes, train.steps * spec.batch_size
     from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream

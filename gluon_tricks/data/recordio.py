@@ -1,8 +1,9 @@
 """ImageNet-scale data in MXNet RecordIO: preparing .rec/.idx from class folders,
 checking them, and `mx.io.ImageRecordIter` streams with the Bag of Tricks augmentation.
 
-data.root holds `train.rec/.idx` and `val.rec/.idx` (written by `gluon-tricks prepare`,
-with `train.classes.txt`).
+data.root holds `train.rec/.idx` and `val.rec/.idx`, written by `gluon-tricks prepare`
+(with `train.classes.txt`) or by MXNet's own `tools/im2rec.py` (with `train.lst`, no
+classes list: the number of classes is then read from the labels the records carry).
 
 Augmentation (Bag of Tricks Sec. 2; GluonCV's train_imagenet.py uses the same iterator
 arguments): random-resized crop with area in [data.min_area, 1] and aspect ratio in
@@ -239,6 +240,101 @@ def count_records(idx: Path) -> int:
 def read_classes(root: Path) -> int | None:
     p = root / "train.classes.txt"
     return len([l for l in p.read_text().splitlines() if l.strip()]) if p.is_file() else None
+
+
+# dmlc-core's recordio.h: each record is this magic number, a word holding a 3-bit
+# continuation flag and a 29-bit length, then the data (MXNet's IRHeader, then the image).
+_RECORD_MAGIC = 0xCED7230A
+_IR_HEADER_BYTES = 24  # struct IfQQ: flag, label, id, id2 (mx.recordio._IR_FORMAT)
+
+
+def _idx_offsets(idx: Path) -> dict[int, int]:
+    with open(idx) as f:
+        return {int(k): int(v) for k, v in (line.split("\t")[:2] for line in f if line.strip())}
+
+
+def record_labels(rec: Path, idx: Path, keys=None) -> dict[int, float]:
+    """Record id -> the (first) label its IRHeader carries, for `keys` (default: all). Reads
+    only each record's first bytes: ImageNet's 1.28 M headers, not its 140 GB of JPEGs."""
+    import struct
+
+    import mxnet as mx
+
+    offsets = _idx_offsets(idx)
+    out, reader = {}, None
+    with open(rec, "rb") as f:
+        for key in (offsets if keys is None else keys):
+            f.seek(offsets[key])
+            frame = f.read(8)
+            magic, word = struct.unpack("<II", frame) if len(frame) == 8 else (None, 0)
+            if magic != _RECORD_MAGIC:
+                raise UserError(f"{shown(rec)}: no record starts where {shown(idx)} puts record {key}; the two files "
+                                "do not belong together (make them again, or check them with `gluon-tricks check-records`)")
+            length = word & ((1 << 29) - 1)
+            if word >> 29:  # a record split around an embedded magic number: MXNet reassembles it
+                reader = reader or mx.recordio.MXIndexedRecordIO(str(idx), str(rec), "r")
+                header, _ = mx.recordio.unpack(reader.read_idx(key))
+            else:
+                head = f.read(min(length, _IR_HEADER_BYTES))
+                flag = struct.unpack_from("<I", head)[0]  # > 0: that many float labels follow
+                header, _ = mx.recordio.unpack(head + f.read(min(4 * flag, length - len(head))))
+            out[key] = float(np.ravel(header.label)[0])
+        if reader is not None:
+            reader.close()
+    return out
+
+
+def read_lst(lst: Path) -> dict[int, float]:
+    """Record id -> label of an im2rec / prepare `.lst` (id, label(s), path; tab-separated)."""
+    out = {}
+    with open(lst) as f:
+        for n, line in enumerate(f, 1):
+            parts = line.rstrip("\n").split("\t")
+            try:
+                out[int(parts[0])] = float(parts[1])
+            except (ValueError, IndexError):
+                raise UserError(f"{shown(lst)} line {n} is not 'id<TAB>label<TAB>path' (im2rec's .lst format)") from None
+    return out
+
+
+def _classes_from_labels(labels, where: str) -> int | None:
+    values = np.fromiter(labels, np.float64)
+    if not len(values):
+        return None
+    bad = values[(values < 0) | (values != np.round(values))]
+    if len(bad):
+        raise UserError(f"{where} carries label {bad[0]:g}; class labels must be 0, 1, 2, ... (make the files "
+                        "again with one class folder per class)")
+    return int(values.max()) + 1
+
+
+def record_classes(root: Path, scan: bool = True, sample: int = 256) -> int | None:
+    """How many classes train.rec's labels span. `gluon-tricks prepare` lists them in
+    train.classes.txt. MXNet's tools/im2rec.py writes no such list: one more than the largest
+    label then, read from its train.lst after checking `sample` records spread over the file
+    carry the .lst's labels, or from every record's header without a .lst (only with `scan`).
+    None when unknown."""
+    known = read_classes(root)
+    if known is not None:
+        return known
+    rec, idx, lst = root / "train.rec", root / "train.idx", root / "train.lst"
+    if not (rec.is_file() and idx.is_file()):
+        return None
+    if lst.is_file():
+        listed = read_lst(lst)
+        keys = sorted(_idx_offsets(idx))
+        picks = keys[:: max(1, len(keys) // sample)][:sample]
+        carried = record_labels(rec, idx, picks)
+        for key in picks:
+            if listed.get(key) != carried[key]:
+                said = "no row" if key not in listed else f"label {listed[key]:g}"
+                raise UserError(f"{shown(lst)} does not describe {shown(rec)}: record {key} carries label "
+                                f"{carried[key]:g}, the .lst has {said}; remove the stale .lst (the labels are then "
+                                "read from the records) or make both files again")
+        return _classes_from_labels(listed.values(), shown(lst))
+    if not scan:
+        return None
+    return _classes_from_labels(record_labels(rec, idx).values(), shown(rec))
 
 
 def check_val_classes(root: Path) -> None:
