@@ -13,10 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-# Every benchmark imports this module before its functions import mxnet: with the GPU wheel,
-# gluon_tricks's import loads the pip CUDA libraries libmxnet.so needs (cuda_libs.py).
-import gluon_tricks  # noqa: E402,F401
+# Every benchmark imports this module before its functions import mxnet: importing
+# gluon_tricks (here through paths.py) first loads, with the GPU wheel, the pip CUDA
+# libraries libmxnet.so needs (cuda_libs.py).
+from gluon_tricks.paths import cores  # noqa: F401  (the benchmarks take it from here)
+
+os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
 
 OUT = Path(__file__).parent / "out"
 
@@ -123,10 +125,6 @@ def mini_cifar():
 
 def tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="gt-bench-"))
-
-
-def cores() -> int:
-    return os.cpu_count() or 1
 
 
 def note(msg: str) -> None:

@@ -31,11 +31,3 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     return line.strip()[:limit]
 
-
-def mxnet_home() -> "Path":
-    """MXNet's data directory: $MXNET_HOME, else ~/.mxnet (where GluonCV keeps datasets
-    and model weights)."""
-    import os
-    from pathlib import Path
-
-    return Path(os.environ.get("MXNET_HOME") or Path.home() / ".mxnet").expanduser()

@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gluon_tricks.cli import recipes_root
+from gluon_tricks.paths import recipes_root
 from gluon_tricks.data import make_streams
 from gluon_tricks.engine import train
 from gluon_tricks.errors import UserError
