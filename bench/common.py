@@ -105,6 +105,19 @@ def reference_cifar_transform(color: bool = True):
     return transforms.Compose(steps)
 
 
+def reference_bot_transform(size: int = 224):
+    """GluonCV's train_imagenet.py training transform (the Bag of Tricks augmentation as
+    Gluon transforms), rebuilt from the public API."""
+    from mxnet.gluon.data.vision import transforms
+
+    from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD
+
+    return transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomFlipLeftRight(),
+                               transforms.RandomColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+                               transforms.RandomLighting(0.1), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
 def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True, threads: bool = False):
     import mxnet as mx
 

@@ -278,7 +278,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers, contexts)
     if dist.workers > 1 or len(contexts) > 1:
         parts = dist.workers * len(contexts)
         if recipe.data.batch_size % parts:

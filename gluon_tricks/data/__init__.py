@@ -57,8 +57,9 @@ def check_augment(spec) -> None:
                         f"{spec.dataset!r}; use one of: {', '.join(AUGMENTS[kind])}")
 
 
-def make_streams(recipe, rank: int = 0, workers: int = 1):
-    """(train stream, test stream, number of classes, number of training images)."""
+def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
+    """(train stream, test stream, number of classes, number of training images); `contexts`:
+    the devices the run trains on (RecordIO batches are staged in host memory pinned for the first)."""
     spec = recipe.data
     check_augment(spec)
     if spec.dataset in CIFAR_SETS:
@@ -77,7 +78,8 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
             classes, len(train)
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, record_classes, record_train_stream
+        from gluon_tricks.data.recordio import (RecordTestStream, RecordTrainStream, iterator_device, record_classes,
+                                                record_train_stream)
 
         RecordTrainStream.check_files(root)
         # A recipe that names its classes (Bag of Tricks: ImageNet's 1000) needs no scan of the
@@ -89,8 +91,9 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
                             "set model.classes to 0 (that count) or more")
         if not classes:
             raise UserError(f"number of classes unknown: {root}/train.rec holds no records; set model.classes")
-        train = record_train_stream(recipe, root, rank, workers)
-        return train, RecordTestStream(recipe, root), classes, train.steps * spec.batch_size
+        device = iterator_device(contexts)
+        train = record_train_stream(recipe, root, rank, workers, device)
+        return train, RecordTestStream(recipe, root, device), classes, train.steps * spec.batch_size
     from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
 
     train = FolderTrainStream(recipe, root, rank, workers)

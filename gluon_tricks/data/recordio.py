@@ -376,56 +376,83 @@ def records_at_size(rec: Path, idx: Path, size: int, sample: int = 64) -> tuple[
     return hits, len(picks)
 
 
-class _NamedRecordErrors:
-    """ImageRecordDataset whose undecodable records raise our one-line error."""
+class RecordImages:
+    """(HWC uint8 RGB image, label) of the records of a .rec/.idx pair, as Gluon's
+    ImageRecordDataset indexes them, decoded by OpenCV in the calling thread."""
 
-    def __init__(self, dataset, rec: Path):
+    def __init__(self, rec: Path, idx: Path):
         import threading
 
-        self.dataset, self.rec = dataset, rec
+        import mxnet as mx
+
+        self.rec = rec
+        self.reader = mx.recordio.MXIndexedRecordIO(str(idx), str(rec), "r")
+        self.keys = list(self.reader.keys)
         self.lock = threading.Lock()  # one file handle: a seek and read from two loader threads race
 
     def __len__(self):
-        return len(self.dataset)
+        return len(self.keys)
 
-    def __getitem__(self, i):
+    def load(self, i: int) -> tuple[np.ndarray, int]:
+        import mxnet as mx
+
+        from gluon_tricks.data.images import decode
+
         try:
             with self.lock:
-                return self.dataset[i]
-        except Exception as e:  # MXNet and OpenCV decode errors share no type
+                raw = self.reader.read_idx(self.keys[i])
+            header, buf = mx.recordio.unpack(raw)
+            img = decode(buf)
+            if img is None:
+                raise ValueError(f"record {self.keys[i]} does not decode")
+        except Exception as e:  # MXNet, struct and OpenCV errors share no type
             raise _record_error(self.rec, e) from None
+        return img, int(np.ravel(header.label)[0])
 
 
-def record_train_stream(recipe, root: Path, rank: int, workers: int):
+def iterator_device(contexts) -> int:
+    """ImageRecordIter's device_id for a run on `contexts`. Its output batches live in
+    CUDA-pinned host memory of that GPU (iter_image_recordio_2.cc in 1.9.1), so the default 0
+    opens a CUDA context on GPU 0 in a process that trains on another GPU. -1: plain host
+    memory, for CPU runs."""
+    first = contexts[0] if contexts else None
+    return first.device_id if first is not None and first.device_type == "gpu" else -1
+
+
+def decode_threads(cores_: int) -> int:
+    """ImageRecordIter's preprocess_threads: every core but one in eight (at most 4), which
+    stay with the thread that dispatches the GPUs' work and with MXNet's engine; 60 of 64 on a
+    p3.16xlarge, the number GluonCV's ImageNet scripts used there."""
+    return max(1, cores_ - min(4, cores_ // 8))
+
+
+def record_train_stream(recipe, root: Path, rank: int, workers: int, device_id: int = -1):
     """The training stream of train.rec: MXNet's C++ ImageRecordIter (fast), except when its
     random-resized crop would be wrong. ImageRecordIter 1.9.1 resizes the crop into the very
     buffer it reads from when the decoded image already has the output size
     (apache/mxnet#16925, open): rows below the first few are then resized again from rows it has
     just written, a smeared image instead of a crop. Measured on 32x32 records at image_size 32:
-    7 of 10 crops corrupt (docs/imagenet.md). Such files are read by Gluon's ImageRecordDataset
-    with the same transforms as image folders, which crop by the definition."""
+    7 of 10 crops corrupt (docs/imagenet.md). Such files are read record by record with the
+    image folders' augmentation (images.py), which crops by the definition."""
     spec = recipe.data
     RecordTrainStream.check_files(root)
     if spec.augment == "none":
-        return RecordTrainStream(recipe, root, rank, workers)
+        return RecordTrainStream(recipe, root, rank, workers, device_id)
     rec, idx = root / "train.rec", root / "train.idx"
     hits, looked = records_at_size(rec, idx, spec.image_size)
     if not hits:
-        return RecordTrainStream(recipe, root, rank, workers)
-    import mxnet as mx
-
-    from gluon_tricks.data.folders import GluonTrainStream
+        return RecordTrainStream(recipe, root, rank, workers, device_id)
+    from gluon_tricks.data.folders import ThreadedTrainStream
 
     print(f"note: {hits} of {looked} sampled images in {shown(rec)} are {spec.image_size}x{spec.image_size}, the "
           "training size, which MXNet's ImageRecordIter crops wrongly (apache/mxnet#16925); reading them with "
-          f"Gluon's transforms instead (slower; `gluon-tricks prepare --resize {spec.image_size + spec.image_size // 8}` "
-          "keeps the fast reader)", file=sys.stderr, flush=True)
-    dataset = _NamedRecordErrors(mx.gluon.data.vision.ImageRecordDataset(str(rec)), rec)
-    return GluonTrainStream(recipe, dataset, rank, workers, str(rec))
+          f"the image folders' augmentation instead (slower; `gluon-tricks prepare --resize "
+          f"{spec.image_size + spec.image_size // 8}` keeps the fast reader)", file=sys.stderr, flush=True)
+    return ThreadedTrainStream(recipe, RecordImages(rec, idx), rank, workers, str(rec))
 
 
 class RecordTrainStream:
-    def __init__(self, recipe, root: Path, rank: int, workers: int):
+    def __init__(self, recipe, root: Path, rank: int, workers: int, device_id: int = -1):
         import mxnet as mx
 
         spec = recipe.data
@@ -447,7 +474,7 @@ class RecordTrainStream:
             self.iter = mx.io.ImageRecordIter(
                 path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
                 shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
-                preprocess_threads=cores(), **augment, **iter_norm(spec))
+                preprocess_threads=decode_threads(cores()), device_id=device_id, **augment, **iter_norm(spec))
         except mx.MXNetError as e:
             raise _record_error(rec, e) from None
 
@@ -481,7 +508,7 @@ class RecordTrainStream:
 
 
 class RecordTestStream:
-    def __init__(self, recipe, root: Path):
+    def __init__(self, recipe, root: Path, device_id: int = -1):
         spec = recipe.data
         self.rec, self.idx = root / "val.rec", root / "val.idx"
         for p in (self.rec, self.idx):
@@ -491,7 +518,7 @@ class RecordTestStream:
         self.n = count_records(self.idx)
         if spec.test_limit:
             self.n = min(self.n, spec.test_limit)
-        self.spec = spec
+        self.spec, self.device_id = spec, device_id
 
     def __len__(self) -> int:
         return self.n
@@ -502,7 +529,8 @@ class RecordTestStream:
         s = self.spec.image_size
         it = mx.io.ImageRecordIter(path_imgrec=str(self.rec), path_imgidx=str(self.idx), data_shape=(3, s, s),
                                    batch_size=self.spec.batch_size, resize=val_resize(self.spec), shuffle=False,
-                                   round_batch=False, preprocess_threads=cores(),
+                                   round_batch=False, preprocess_threads=decode_threads(cores()),
+                                   device_id=self.device_id,
                                    **iter_norm(self.spec))
         def padded():
             while True:
