@@ -152,8 +152,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
+        teacher_dtype = recipe.distill.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(recipe.distill, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight, teacher_dtype)
     else:
         step_loss = StudentLoss()
 

@@ -101,9 +101,8 @@ def test_two_device_kvstore_step_equals_the_summed_gradient(device, kvstore):
         np.testing.assert_allclose(w, cpu, rtol=1e-5, atol=1e-6)
 
 
-@ON_GPU_AND_CPU
-def test_zoo_teacher_on_gpu(device, tmp_path, monkeypatch):
-    """A zoo teacher given by name:tag loads from GluonCV's cache onto the devices and distils."""
+def staged_zoo_teacher(tmp_path, monkeypatch):
+    """(network, tag): cifar_resnet20_v1 weights in a generated GluonCV cache, no download."""
     import gluoncv.model_zoo.model_store as store
     from gluoncv.model_zoo import get_model
 
@@ -117,7 +116,13 @@ def test_zoo_teacher_on_gpu(device, tmp_path, monkeypatch):
     src.save_parameters(str(staged))
     tag = hashlib.sha1(staged.read_bytes()).hexdigest()[:8]
     staged.rename(tmp_path / "models" / f"cifar_resnet20_v1-{tag}.params")
+    return src, tag
 
+
+@ON_GPU_AND_CPU
+def test_zoo_teacher_on_gpu(device, tmp_path, monkeypatch):
+    """A zoo teacher given by name:tag loads from GluonCV's cache onto the devices and distils."""
+    src, tag = staged_zoo_teacher(tmp_path, monkeypatch)
     ctxs = contexts(device, min(GPUS, 2) if device == "gpu" else 2)
     teacher = load_teacher(DistillSpec(teacher=f"cifar_resnet20_v1:{tag}"), 10, ctxs)
     x = mx.nd.random.uniform(shape=(2, 3, 32, 32))
@@ -128,6 +133,16 @@ def test_zoo_teacher_on_gpu(device, tmp_path, monkeypatch):
     r = tiny(ctx_text(ctxs), distill={"teacher": f"cifar_resnet20_v1:{tag}"})
     result = train(r, tmp_path / "distill", progress=False)
     assert np.isfinite(result["final_top1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPUS == 0, reason="MXNet sees no GPU (CPU wheel or no device)")
+def test_float16_teacher_of_a_float32_student(tmp_path, monkeypatch):
+    """distill.teacher_dtype = "float16" (GPU only; on the CPU it is refused, test_teacher_dtype.py)."""
+    _, tag = staged_zoo_teacher(tmp_path, monkeypatch)
+    r = tiny("gpu:0", distill={"teacher": f"cifar_resnet20_v1:{tag}", "teacher_dtype": "float16"})
+    result = train(r, tmp_path / "distill", progress=False)
+    assert np.isfinite(result["final_top1"]) and saved_dtypes(tmp_path / "distill")["weight"] == {np.dtype("float32")}
 
 
 @ON_GPU_AND_CPU
