@@ -92,3 +92,14 @@ def test_bag_of_tricks_recipes_know_imagenet_has_1000_classes(im2rec_root):
     assert make_streams(bot)[2] == 1000
     with pytest.raises(UserError, match="model.classes = 2 but the labels of .* span 3 classes"):
         make_streams(recipe(im2rec_root, classes=2))
+
+
+def test_an_im2rec_val_numbered_on_its_own_is_one_line(im2rec_root, tmp_path):
+    """im2rec.py numbers each split's folders by itself: a val/ without class0 labels class1 as 0."""
+    images = tmp_path / "val-images"
+    make_folder(images, per_class=2, corrupt=False)
+    shutil.rmtree(images / "class0")
+    root = copy_of(im2rec_root, tmp_path, without=("val.rec", "val.idx", "val.lst"))
+    im2rec(images, root / "val")
+    with pytest.raises(UserError, match=r"val.lst labels class folder 'class1' 0 but train.lst labels it 1"):
+        make_streams(recipe(root))

@@ -467,8 +467,38 @@ def record_classes(root: Path, scan: bool = True, sample: int = 256) -> int | No
     return _classes_from_labels(record_labels(rec, idx).values(), shown(rec))
 
 
+def lst_class_labels(lst: Path) -> dict[str, float]:
+    """Class folder -> label, from the paths of a .lst (`im2rec.py --recursive` numbers the
+    folders of each split in sorted order, on their own)."""
+    out = {}
+    with open(lst) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            folder = parts[-1].split("/")[0] if "/" in parts[-1] else None
+            if folder is not None and len(parts) >= 3:
+                out.setdefault(folder, float(parts[1]))
+    return out
+
+
+def check_val_lst_classes(root: Path) -> None:
+    """Without classes lists (files made by im2rec.py), val's labels must be train's numbers
+    for the same class folders: im2rec numbers a val/ that lacks a class differently."""
+    lsts = [root / f"{part}.lst" for part in ("train", "val")]
+    if (root / "train.classes.txt").is_file() or not all(p.is_file() for p in lsts):
+        return
+    train, val = (lst_class_labels(p) for p in lsts)
+    wrong = [c for c in val if c in train and val[c] != train[c]]
+    if wrong:
+        c = wrong[0]
+        raise UserError(f"{shown(lsts[1])} labels class folder {shown(c)!r} {val[c]:g} but train.lst labels it "
+                        f"{train[c]:g} ({len(wrong)} folders differ): im2rec.py numbered val's folders on their own, "
+                        "so labels would not match; make val with `gluon-tricks prepare` beside train, which labels "
+                        "val by train's class names")
+
+
 def check_val_classes(root: Path) -> None:
     """val's labels are numbers in its classes.txt: they must be train's numbers."""
+    check_val_lst_classes(root)
     lists = {part: root / f"{part}.classes.txt" for part in ("train", "val")}
     if not all(p.is_file() for p in lists.values()):
         return
