@@ -18,7 +18,6 @@ import numpy as np
 from mxnet import init as mx_init
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.optim import no_bias_decay
 from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
 
@@ -133,8 +132,6 @@ def build_model(recipe, classes: int, ctx):
             print(f"note: model.zero_gamma does nothing for {m.name}: it has no residual blocks", file=sys.stderr)
         initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
         net.initialize(initializer, ctx=ctx)
-    if recipe.optim.no_bias_decay:
-        no_bias_decay(net)
     if m.dtype != "float32":
         net.cast(m.dtype)
     return net

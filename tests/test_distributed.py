@@ -11,7 +11,8 @@ from mxnet import autograd, gluon
 import numpy as np
 import pytest
 
-from gluon_tricks.data.loader import TrainStream, epoch_order
+from gluon_tricks.data.loader import TrainStream
+from gluon_tricks.data.streams import epoch_order
 from gluon_tricks.engine import train
 from gluon_tricks.launch import plan, read_hostfile, training_command
 from gluon_tricks.recipe import recipe_from_dict, to_toml

@@ -2,7 +2,7 @@
 `val/` with one sub-folder per class, read by Gluon's ImageFolderDataset and DataLoader
 with the Bag of Tricks augmentation as Gluon transforms (small datasets, Food-101 subsets).
 
-The training order of an epoch is `loader.epoch_order(n, seed, epoch)` (EpochSampler),
+The training order of an epoch is `streams.epoch_order(n, seed, epoch)` (EpochSampler),
 a pure function of (seed, epoch) as for CIFAR, and each image's augmentation draws are
 a function of (seed, epoch, image), so runs repeat and a resumed epoch sees exactly the
 batches an uninterrupted one sees.
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gluon_tricks.data.loader import epoch_order
-from gluon_tricks.data.streams import trimmed_batches, val_resize
+from gluon_tricks.data.streams import epoch_order, trimmed_batches, val_resize
 from gluon_tricks.errors import UserError, shown
 from gluon_tricks.paths import cores
 

@@ -1,9 +1,8 @@
 """Batches of augmented images and integer labels, produced ahead on a background thread.
 
-All randomness is a pure function of (seed, epoch, step): the shuffle order of an
-epoch comes from Generator([seed, epoch]) and the augmentation draws of a step
-from Generator([seed, epoch, step, 1]). A run resumed at any step therefore sees
-exactly the batches an uninterrupted run would, with no RNG state to save.
+The shuffle order of an epoch and the augmentation draws of a step come from
+streams.epoch_order and streams.step_rng: a run resumed at any step sees exactly the
+batches an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -12,15 +11,7 @@ import threading
 
 import numpy as np
 
-RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
-
-
-def step_rng(seed: int, epoch: int, step: int, rng_id: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, step, rng_id])
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+from gluon_tricks.data.streams import RNG_AUGMENT, epoch_order, step_rng
 
 
 class TrainStream:
