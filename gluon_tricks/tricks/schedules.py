@@ -13,13 +13,13 @@ iteration fast and their warm-up reaches the base rate one iteration late;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
           warmup_start_lr: float = 0.0, decay_epochs=(30, 60, 90), decay_factor: float = 0.1,
           power: float = 2.0, final_lr: float = 0.0, decay_from: str = "start",
-          warmup_every: str = "iteration") -> float:
+          warmup_every: str = "iteration", decay_every: str = "iteration") -> float:
     """The learning rate of iteration t (0-based).
 
     - warm-up: linear from warmup_start_lr at t=0 towards base_lr over warmup_epochs, per
@@ -31,7 +31,9 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
       warm-up and a step LRScheduler, as the follow-up's code built it);
     - cosine (Bag of Tricks eq. in Sec. 5.1): final + (base - final) * (1 + cos(pi t'/T)) / 2
       with t' and T the iteration and the total count after warm-up;
-    - poly: final + (base - final) * (1 - t'/T)**power.
+    - poly: final + (base - final) * (1 - t'/T)**power;
+    - decay_every "epoch" (cosine and poly): t' and T counted in whole epochs after the
+      warm-up, so the rate changes once per epoch (the Food-101 tutorial's cosine).
     """
     warm = warmup_epochs * iters_per_epoch
     if t < warm:
@@ -46,8 +48,10 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
         offset = warm if decay_from == "warmup_end" else 0
         passed = sum(1 for e in decay_epochs if t >= offset + e * iters_per_epoch)
         return base_lr * decay_factor ** passed
-    span = max(1, epochs * iters_per_epoch - warm)
-    frac = min(1.0, (t - warm) / span)
+    if decay_every == "epoch":
+        frac = min(1.0, ((t - warm) // iters_per_epoch) / max(1, epochs - warmup_epochs))
+    else:
+        frac = min(1.0, (t - warm) / max(1, epochs * iters_per_epoch - warm))
     if kind == "cosine":
         return final_lr + (base_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * frac))
     if kind == "poly":
@@ -74,6 +78,7 @@ class Schedule:
     final_lr: float = 0.0
     decay_from: str = "start"
     warmup_every: str = "iteration"
+    decay_every: str = "iteration"
 
     @classmethod
     def from_recipe(cls, recipe, iters_per_epoch: int) -> "Schedule":
@@ -81,7 +86,8 @@ class Schedule:
         return cls(kind=s.kind, base_lr=scaled_lr(recipe), iters_per_epoch=iters_per_epoch, epochs=recipe.epochs,
                    warmup_epochs=s.warmup_epochs, warmup_start_lr=s.warmup_start_lr,
                    decay_epochs=tuple(s.decay_epochs), decay_factor=s.decay_factor, power=s.power,
-                   final_lr=s.final_lr, decay_from=s.decay_from, warmup_every=s.warmup_every)
+                   final_lr=s.final_lr, decay_from=s.decay_from, warmup_every=s.warmup_every,
+                   decay_every=s.decay_every)
 
     def lr(self, t: int) -> float:
         """The learning rate of iteration t (0-based)."""
@@ -96,11 +102,12 @@ class Schedule:
 
     def __setstate__(self, state: dict) -> None:
         # the trainer.states of checkpoints written before Schedule existed hold a PaperLR
-        # (see below) whose state is {"base_lr", "iters_per_epoch", "kwargs": lr_at's arguments}
+        # (see below) whose state is {"base_lr", "iters_per_epoch", "kwargs": lr_at's arguments};
+        # a setting newer than the checkpoint takes its default (lr_at's, which the run used)
         if "kwargs" in state:
             state = dict(state["kwargs"], base_lr=state["base_lr"], iters_per_epoch=state["iters_per_epoch"])
-        for name, value in state.items():
-            object.__setattr__(self, name, value)
+        for f in fields(self):
+            object.__setattr__(self, f.name, state.get(f.name, f.default))
 
 
 # The name this scheduler had before Schedule (its `kwargs` were Schedule's fields): users'
