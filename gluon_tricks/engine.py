@@ -135,7 +135,8 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    streams = make_streams(recipe, dist.rank, dist.workers)
+    classes = streams.classes
     check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
@@ -160,8 +161,8 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     if dist.is_chief:
         run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
-    return Setup(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
-                 step_loss, Mixer(recipe.mixup, recipe.epochs), LossScaler(recipe.optim.loss_scale),
+    return Setup(recipe, run, recipe_hash, contexts, dist, net, streams.train, streams.test, classes,
+                 streams.train_images, step_loss, Mixer(recipe.mixup, recipe.epochs), LossScaler(recipe.optim.loss_scale),
                  Progress(progress and dist.is_chief, recipe.epochs), micro)
 
 

@@ -14,8 +14,7 @@ moment leaves either the old or the new version; a checkpoint directory appears
 under its final name only when complete. A checkpoint that fails its checksums
 is skipped at resume, with a message, in favour of the previous one.
 
-Only a directory whose run.json carries the marker (or, for runs written before the
-marker, a 16-hex hash, a name and a recipe.toml) is a run: `--overwrite` replaces only
+Only a directory whose run.json carries the marker is a run: `--overwrite` replaces only
 such a directory, and deletes only the files listed above. A process that trains into a
 directory holds an flock on `<run>/.lock` until the run ends (or the process dies); a second
 one is refused.
@@ -252,12 +251,7 @@ class RunDir:
             return None
         if not isinstance(info, dict) or not isinstance(info.get("hash"), str):
             return None
-        if info.get("tool") == TOOL and isinstance(info.get("format"), int):
-            return info
-        # Written before the marker existed: exactly our two keys, our hash's shape, our recipe file.
-        legacy = (set(info) == {"hash", "name"} and re.fullmatch(r"[0-9a-f]{16}", info["hash"])
-                  and (self.path / "recipe.toml").is_file())
-        return info if legacy else None
+        return info if info.get("tool") == TOOL and isinstance(info.get("format"), int) else None
 
     def _damaged_run_json(self) -> str:
         """Why run.json cannot be read, when this directory still looks like one of our runs

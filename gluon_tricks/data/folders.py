@@ -113,7 +113,7 @@ def _folder(root: Path, part: str):
     return mx.gluon.data.vision.ImageFolderDataset(str(path))
 
 
-class GluonTrainStream:
+class DatasetTrainStream:
     """Training batches of a Gluon dataset of (HWC uint8 image, label), augmented by Gluon's
     transforms (`folder_transforms`) with seeded per-image draws: image folders, and the
     RecordIO files whose images MXNet's C++ iterator would crop wrongly (data/recordio.py)."""
@@ -124,6 +124,7 @@ class GluonTrainStream:
         spec = recipe.data
         self.batch_size = spec.batch_size // workers
         n = len(dataset) if not spec.train_limit else min(len(dataset), spec.train_limit)
+        self.image_count = n
         self.steps = n // spec.batch_size
         if self.steps < 1:
             raise UserError(f"{where} holds fewer images than one batch of {spec.batch_size}")
@@ -159,7 +160,7 @@ class _TransformFirst:
         return self.fn(x), y
 
 
-class FolderTrainStream(GluonTrainStream):
+class FolderTrainStream(DatasetTrainStream):
     def __init__(self, recipe, root: Path, rank: int, workers: int):
         ds = _folder(root, "train")
         self.classes = len(ds.synsets)

@@ -1,4 +1,5 @@
-"""Batches of augmented images and integer labels, produced ahead on a background thread.
+"""The CIFAR streams: training batches of augmented images and integer labels, produced
+ahead on a background thread, and the test set in order.
 
 The shuffle order of an epoch and the augmentation draws of a step come from
 streams.epoch_order and streams.step_rng: a run resumed at any step sees exactly the
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
 from gluon_tricks.data.streams import RNG_AUGMENT, epoch_order, step_rng
 
 
-class TrainStream:
+class CifarTrainStream:
     """Batches of one worker in a job of `parts` workers.
 
     Every global step takes the same global batch (batch_size images of the epoch's
@@ -92,7 +94,17 @@ class TrainStream:
             stop.set()
 
 
-def test_batches(images, labels, batch_size, augment):
-    """The whole test set in order, the last batch possibly smaller."""
-    for i in range(0, len(images), batch_size):
-        yield augment(images[i:i + batch_size]), labels[i:i + batch_size]
+@dataclass
+class CifarTestStream:
+    images: np.ndarray
+    labels: np.ndarray
+    batch_size: int
+    augment: object
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self):
+        """The whole test set in order, the last batch possibly smaller."""
+        for i in range(0, len(self.images), self.batch_size):
+            yield self.augment(self.images[i:i + self.batch_size]), self.labels[i:i + self.batch_size]

@@ -447,14 +447,14 @@ def record_train_stream(recipe, root: Path, rank: int, workers: int):
         return RecordTrainStream(recipe, root, rank, workers)
     import mxnet as mx
 
-    from gluon_tricks.data.folders import GluonTrainStream
+    from gluon_tricks.data.folders import DatasetTrainStream
 
     print(f"note: {hits} of {looked} sampled images in {shown(rec)} are {spec.image_size}x{spec.image_size}, the "
           "training size, which MXNet's ImageRecordIter crops wrongly (apache/mxnet#16925); reading them with "
           f"Gluon's transforms instead (slower; `gluon-tricks prepare --resize {spec.image_size + spec.image_size // 8}` "
           "keeps the fast reader)", file=sys.stderr, flush=True)
     dataset = _NamedRecordErrors(mx.gluon.data.vision.ImageRecordDataset(str(rec)), rec)
-    return GluonTrainStream(recipe, dataset, rank, workers, str(rec))
+    return DatasetTrainStream(recipe, dataset, rank, workers, str(rec))
 
 
 class RecordTrainStream:
@@ -466,7 +466,9 @@ class RecordTrainStream:
         self.rec = rec
         self.check_files(root)
         self.batch_size = spec.batch_size // workers
-        self.steps = count_records(idx) // workers // self.batch_size
+        records = count_records(idx)
+        self.image_count = min(records, spec.train_limit) if spec.train_limit else records
+        self.steps = records // workers // self.batch_size
         if spec.train_limit:
             self.steps = min(self.steps, max(1, spec.train_limit // spec.batch_size))
         if self.steps < 1:
