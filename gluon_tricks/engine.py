@@ -135,7 +135,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    streams = make_streams(recipe, dist.rank, dist.workers)
+    streams = make_streams(recipe, dist.rank, dist.workers, contexts)
     classes = streams.classes
     check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
     mx.random.seed(recipe.seed)
@@ -153,8 +153,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
+        teacher_dtype = recipe.distill.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(recipe.distill, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight, teacher_dtype)
     else:
         step_loss = StudentLoss()
 
@@ -162,8 +163,8 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
         run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
     return Setup(recipe, run, recipe_hash, contexts, dist, net, streams.train, streams.test, classes,
-                 streams.train_images, step_loss, Mixer(recipe.mixup, recipe.epochs), LossScaler(recipe.optim.loss_scale),
-                 Progress(progress and dist.is_chief, recipe.epochs), micro)
+                 streams.train_images, step_loss, Mixer(recipe.mixup, recipe.epochs),
+                 LossScaler(recipe.optim.loss_scale), Progress(progress and dist.is_chief, recipe.epochs), micro)
 
 
 @dataclass
