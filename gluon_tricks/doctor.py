@@ -330,6 +330,23 @@ def teacher_missing(spec) -> tuple[list[str], str]:
     return ([] if expected.is_file() else [str(expected)]), "GluonCV downloads it on first use (needs internet)"
 
 
+def missing_inputs(recipes) -> list[str]:
+    """What the recipes need that is neither here nor fetched on first use: teacher .params files,
+    ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
+    from gluon_tricks.models import teacher_file
+
+    out = []
+    for recipe in recipes:
+        needs = []
+        if recipe.distill.teacher and teacher_file(recipe.distill.teacher) is not None:
+            needs.append(teacher_missing(recipe.distill))
+        if recipe.data.dataset in ("recordio", "imagefolder"):
+            needs.append(data_missing(recipe.data))
+        for missing, how in needs:
+            out += [line for line in (f"{m} -> {how}" if how else m for m in missing) if line not in out]
+    return out
+
+
 def table_lines(root: Path | None = None) -> list[Line]:
     from gluon_tricks.errors import UserError
     from gluon_tricks.tables import load_table, row_recipes, table_names
