@@ -135,5 +135,5 @@ def test_eval_every_tests_every_nth_epoch_and_always_the_last(tmp_path, monkeypa
 def test_eval_every_below_one_is_refused():
     import seams
 
-    with pytest.raises(UserError, match="system.eval_every = 0 is outside >= 1"):
+    with pytest.raises(UserError, match="system.eval_every = 0: must be >= 1"):
         recipe_from_dict(seams.tiny(system={"eval_every": 0}))
