@@ -153,3 +153,34 @@ def test_compare_to_must_name_another_row(tmp_path):
     (root / "t" / "table.toml").write_text('differences = "yes"\n')
     with pytest.raises(UserError, match="differences must be true or false"):
         load_table(root, "t")
+
+
+def test_pilot_reports_differences_against_twice_the_pooled_seed_std(tmp_path):
+    """tools/rank_pilot.py --report-only at 4 epochs (the rows scaled by 4/40) on results written
+    by hand: baseline 70, 72 and mixup 75, 76: difference 4.5, pooled std sqrt((2 + 0.5) / 2) =
+    1.118, so 4.5 > 2.24 exceeds; distillation 72, 73: 1.5 does not."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    table = load_table(recipes_root(), "rank/cifar10-mini")
+    rows = {r.recipe_path.stem: r for r in table.rows}
+    runs = tmp_path / "runs"
+    for stem, values in (("baseline", [70.0, 72.0]), ("mixup", [75.0, 76.0]), ("distill", [72.0, 73.0])):
+        for recipe, top1 in zip(row_recipes(rows[stem], 2, 0.1), values):
+            assert recipe.epochs == 4
+            write_result(runs, recipe, top1)
+    env = dict(os.environ, GLUON_TRICKS_RESULTS="", PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, str(repo / "tools" / "rank_pilot.py"), "--epochs", "4", "--report-only",
+                           "--rows", "baseline,mixup,distill", "--runs", str(runs)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("pilot at 4 epochs; reference: Baseline (step decay): 71.00 over 2 seeds")
+    assert "difference +4.50, pooled seed std 1.12: EXCEEDS 2 x pooled std (2.24)" in lines[1]
+    assert "difference +1.50, pooled seed std 1.12: does not exceed" in lines[2]
+    bad = subprocess.run([sys.executable, str(repo / "tools" / "rank_pilot.py"), "--rows", "baseline,nope",
+                          "--report-only"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rows baseline,nope" in bad.stderr
