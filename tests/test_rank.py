@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import content_hash
+from gluon_tricks.recipe import content_hash, to_toml
 from gluon_tricks.stats import pooled_std, welch_difference
 from gluon_tricks.tables import load_table, render, row_recipes
 from seams import recipes_root
@@ -67,6 +67,7 @@ def write_result(runs, recipe, top1, epochs=4, eval_every=1):
     d = runs / f"{recipe.name}-{h}"
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"tool": "gluon-tricks", "format": 1, "hash": h, "name": recipe.name}))
+    (d / "recipe.toml").write_text(to_toml(recipe))
     (d / "result.json").write_text(json.dumps({
         "hash": h, "final_top1": top1, "final_top5": 99.0, "seconds_per_epoch": 25.0, "epochs": epochs,
         "hardware": {"ctx": ["cpu(0)"], "machine": "x", "cpus": 2}}))
@@ -156,7 +157,7 @@ def test_compare_to_must_name_another_row(tmp_path):
 
 
 def test_pilot_reports_differences_against_twice_the_pooled_seed_std(tmp_path):
-    """tools/rank_pilot.py --report-only at 4 epochs (the rows scaled by 4/40) on results written
+    """tools/rank.py pilot --report-only at 4 epochs (the rows scaled by 4/40) on results written
     by hand: baseline 70, 72 and mixup 75, 76: difference 4.5, pooled std sqrt((2 + 0.5) / 2) =
     1.118, so 4.5 > 2.24 exceeds; distillation 72, 73: 1.5 does not."""
     import os
@@ -173,7 +174,7 @@ def test_pilot_reports_differences_against_twice_the_pooled_seed_std(tmp_path):
             assert recipe.epochs == 4
             write_result(runs, recipe, top1)
     env = dict(os.environ, GLUON_TRICKS_RESULTS="", PYTHONPATH=str(repo))
-    proc = subprocess.run([sys.executable, str(repo / "tools" / "rank_pilot.py"), "--epochs", "4", "--report-only",
+    proc = subprocess.run([sys.executable, str(repo / "tools" / "rank.py"), "pilot", "--epochs", "4", "--report-only",
                            "--rows", "baseline,mixup,distill", "--runs", str(runs)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -181,6 +182,32 @@ def test_pilot_reports_differences_against_twice_the_pooled_seed_std(tmp_path):
     assert lines[0].startswith("pilot at 4 epochs; reference: Baseline (step decay): 71.00 over 2 seeds")
     assert "difference +4.50, pooled seed std 1.12: EXCEEDS 2 x pooled std (2.24)" in lines[1]
     assert "difference +1.50, pooled seed std 1.12: does not exceed" in lines[2]
-    bad = subprocess.run([sys.executable, str(repo / "tools" / "rank_pilot.py"), "--rows", "baseline,nope",
+    bad = subprocess.run([sys.executable, str(repo / "tools" / "rank.py"), "pilot", "--rows", "baseline,nope",
                           "--report-only"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rows baseline,nope" in bad.stderr
+
+
+def test_rank_table_command_copies_the_finished_runs_and_draws(rank_with_results, tmp_path):
+    """tools/rank.py table --report-only: the 18 finished runs of the table (and nothing else in the
+    runs root) are copied without checkpoints, the pictures and table.md are drawn, the table printed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    table, runs = rank_with_results
+    (runs / "other-0123456789abcdef").mkdir()  # not one of the table's runs
+    for d in runs.iterdir():
+        (d / "checkpoints").mkdir()
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, GLUON_TRICKS_RESULTS="", PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, str(repo / "tools" / "rank.py"), "table", "--report-only", "--runs",
+                           str(runs), "--results", str(tmp_path / "results"), "--docs", str(tmp_path / "docs")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    copied = sorted((tmp_path / "results").iterdir())
+    assert len(copied) == 18 and all(d.name.startswith("rank-") for d in copied)
+    assert all(sorted(p.name for p in d.iterdir()) == ["metrics.jsonl", "recipe.toml", "result.json", "run.json"]
+               for d in copied)
+    assert (tmp_path / "docs" / "differences.png").is_file() and (tmp_path / "docs" / "table.md").is_file()
+    assert "+3.00 [+0.73, +5.27] *" in proc.stdout and "18 runs copied" in proc.stdout
