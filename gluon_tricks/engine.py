@@ -74,7 +74,7 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
         with StopFlag(max_steps) as stop:
             for epoch in range(position.epoch, recipe.epochs):
                 row = _train_epoch(setup, trainer, position, epoch, stop)
-                if row["top1"] > position.best["top1"]:
+                if row["top1"] is not None and row["top1"] > position.best["top1"]:
                     position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
                 position.next_epoch()
                 if setup.dist.is_chief:
@@ -326,7 +326,9 @@ def _train_epoch(setup: Setup, trainer, position: Position, epoch: int, stop: St
     samples = position.samples
     # loss_sums hold this worker's images, `samples` counts every worker's
     train_loss = (position.loss_sum + float(read(gather(loss_sums)).sum())) / max(1, samples / setup.dist.workers)
-    top1, top5 = evaluate(setup.net, setup.test_stream, contexts, recipe.model.dtype, read)
+    top1 = top5 = None  # not evaluated this epoch (system.eval_every)
+    if evaluated_after(epoch, recipe.epochs, recipe.system.eval_every):
+        top1, top5 = evaluate(setup.net, setup.test_stream, contexts, recipe.model.dtype, read)
     steps = setup.steps_per_epoch
     return {
         "epoch": epoch,
@@ -340,6 +342,12 @@ def _train_epoch(setup: Setup, trainer, position: Position, epoch: int, stop: St
         "mixing": setup.mixer.active(epoch),
         "host_syncs": read.count - reads_before,
     }
+
+
+def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether epoch `epoch` (0-based) of an `epochs`-epoch run ends with a test pass: every
+    `eval_every`-th epoch, and always the last, whose row is the run's result."""
+    return (epoch + 1) % eval_every == 0 or epoch == epochs - 1
 
 
 def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list:
@@ -526,6 +534,7 @@ class Progress:
             self.bar.close()
             self.bar = None
         if self.enabled:
+            tested = "not tested" if row["top1"] is None else f"top1 {row['top1']:.2f}  top5 {row['top5']:.2f}"
             print(f"epoch {row['epoch'] + 1:>3}/{self.total}  loss {row['train_loss']:.4f}  "
-                  f"top1 {row['top1']:.2f}  top5 {row['top5']:.2f}  lr {row['lr']:.5f}  "
+                  f"{tested}  lr {row['lr']:.5f}  "
                   f"{row['seconds']:.1f}s  {row['images_per_sec']:.0f} img/s", flush=True)

@@ -136,6 +136,10 @@ class SystemSpec:
     device_batch: int = 0  # most images one device holds per pass; more are accumulated (0: no cap)
     kvstore: str = "device"  # device | local | nccl | dist_sync | dist_device_sync
     log_interval: int = 50  # progress refresh, in steps
+    # A test-set pass after every N-th epoch and always after the last (the result is the last
+    # epoch's row); the epochs between get top1/top5 null in metrics.jsonl. How often the test
+    # set is read changes no weight, so it is not part of a result's identity.
+    eval_every: int = 1
     keep_checkpoints: int = 2
 
 
@@ -201,6 +205,7 @@ RANGES = {
     "mixup.off_first_epochs": (0, math.inf, True, False),
     "mixup.off_last_epochs": (0, math.inf, True, False),
     "system.log_interval": (1, math.inf, True, False),
+    "system.eval_every": (1, math.inf, True, False),
 }
 
 
