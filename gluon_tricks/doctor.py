@@ -198,8 +198,7 @@ def mxnet_lines() -> list[Line]:
     try:
         import mxnet as mx
     except Exception as e:  # an unresolved library surfaces as OSError, others as they come
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-        return [Line("FAIL", f"import mxnet failed: {first}", "see the library lines above")]
+        return [Line("FAIL", f"import mxnet failed: {first_line(e)}", "see the library lines above")]
     features = mx.runtime.Features()
     have = {f: features.is_enabled(f) for f in FEATURES}
     text = "MXNet build: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in have.items())

@@ -14,8 +14,7 @@ moment leaves either the old or the new version; a checkpoint directory appears
 under its final name only when complete. A checkpoint that fails its checksums
 is skipped at resume, with a message, in favour of the previous one.
 
-Only a directory whose run.json carries the marker (or, for runs written before the
-marker, a 16-hex hash, a name and a recipe.toml) is a run: `--overwrite` replaces only
+Only a directory whose run.json carries the marker is a run: `--overwrite` replaces only
 such a directory, and deletes only the files listed above. A process that trains into a
 directory holds an flock on `<run>/.lock` until the run ends (or the process dies); a second
 one is refused.
@@ -191,7 +190,8 @@ class _TrainerStatesUnpickler(pickle.Unpickler):
 
     ALLOWED = {
         ("mxnet.ndarray.ndarray", "NDArray"),
-        ("gluon_tricks.tricks.schedules", "PaperLR"),
+        ("gluon_tricks.tricks.schedules", "Schedule"),
+        ("gluon_tricks.tricks.schedules", "PaperLR"),  # Schedule's name in checkpoints written before it
         ("builtins", "bytearray"),  # NDArray's pickled state
     }
 
@@ -261,12 +261,7 @@ class RunDir:
             return None
         if not isinstance(info, dict) or not isinstance(info.get("hash"), str):
             return None
-        if info.get("tool") == TOOL and isinstance(info.get("format"), int):
-            return info
-        # Written before the marker existed: exactly our two keys, our hash's shape, our recipe file.
-        legacy = (set(info) == {"hash", "name"} and re.fullmatch(r"[0-9a-f]{16}", info["hash"])
-                  and (self.path / "recipe.toml").is_file())
-        return info if legacy else None
+        return info if info.get("tool") == TOOL and isinstance(info.get("format"), int) else None
 
     def _damaged_run_json(self) -> str:
         """Why run.json cannot be read, when this directory still looks like one of our runs
@@ -599,6 +594,8 @@ def _is_number(v) -> bool:
 
 # What the tables, plots and the result summary read from a metrics row.
 METRICS_ROW_KEYS = ("top1", "top5", "train_loss", "lr", "seconds", "images_per_sec")
+# Null in the rows of epochs without a test pass (system.eval_every); a number in the others.
+TEST_KEYS = ("top1", "top5")
 
 
 def metrics_row_problem(row) -> str:
@@ -608,7 +605,8 @@ def metrics_row_problem(row) -> str:
         return "not a JSON object"
     if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool) or row["epoch"] < 0:
         return "no epoch number"
-    missing = [k for k in METRICS_ROW_KEYS if not _is_number(row.get(k))]
+    missing = [k for k in METRICS_ROW_KEYS if not _is_number(row.get(k))
+               and not (k in TEST_KEYS and k in row and row[k] is None)]
     return f"no number for {', '.join(missing)}" if missing else ""
 
 
