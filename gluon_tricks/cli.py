@@ -120,14 +120,17 @@ def cmd_export(args) -> int:
 
 def cmd_plot(args) -> int:
     from gluon_tricks.plots import plot_table
-    from gluon_tricks.tables import load_table
+    from gluon_tricks.tables import collect, load_table, write_markdown
 
     table = load_table(recipes_root(), args.name)
     runs = Path(args.runs) if args.runs else runs_root()
     out = Path(args.out) if args.out else runs / "tables" / args.name
-    for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch, seeds=args.seeds,
-                           epochs_scale=args.epochs_scale, overrides=list(args.set or [])):
+    overrides = list(args.set or [])
+    rows = collect(table, args.seeds, args.epochs_scale, runs, overrides)
+    for path in plot_table(table, out, rows, iters_per_epoch=args.iters_per_epoch, epochs_scale=args.epochs_scale,
+                           overrides=overrides):
         print(path)
+    print(write_markdown(table, rows, out, args.seeds, args.epochs_scale))
     return 0
 
 

@@ -35,6 +35,7 @@ stopped; a finished row is never trained again.
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 import sys
 from gluon_tricks._compat import tomllib
@@ -372,10 +373,28 @@ DIFFERENCES_NOTE = ("Δ top-1 [95% CI]: the row's mean top-1 minus that of the r
                     "n < 2: fewer than 2 seeds with results on a side, no interval")
 
 
-def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
-           overrides=()) -> str:
-    seeds = seeds or table.seeds
-    rows = collect(table, seeds, epochs_scale, runs_root, overrides)
+@dataclass
+class Sheet:
+    """A table's cells and notes, computed once; each format in FORMATTERS only lays them out."""
+    title: str
+    head: list[str]  # the printed columns (md, latex)
+    body: list[list[str]]
+    data_head: list[str]  # csv: the numbers unrounded
+    data: list[list]
+    notes: list[str]  # under the table
+    row_notes: list[str]  # one per row that has a note, listed after the notes
+
+
+def sheet(table: Table, rows: list[dict], seeds: int, epochs_scale: float) -> Sheet:
+    """`rows` (from `collect`) as cells and notes."""
+    differences = row_differences(table, rows) if table.differences else []
+    head, body = _printed_cells(table, rows, seeds, differences)
+    data_head, data = _data_cells(rows, differences)
+    return Sheet(table.title, head, body, data_head, data, table_notes(table, rows, seeds, epochs_scale, differences),
+                 [n for n in map(row_note, rows) if n])
+
+
+def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list) -> tuple[list, list]:
     head = ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5", "s/epoch"]
     body = []
     for r in rows:
@@ -386,7 +405,6 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
             _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
-    differences = row_differences(table, rows) if table.differences else []
     if differences:  # the seed count and the step from the reference row beside each mean
         head[2:2] = ["n", "Δ top-1 [95% CI]", "from"]
         for b, r, d in zip(body, rows, differences):
@@ -395,6 +413,29 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
             keep = [i for i, h in enumerate(head) if not h.startswith(("paper", "Δ top-1", "Δ top-5"))
                     or h == "Δ top-1 [95% CI]"]
             head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
+    return head, body
+
+
+def _data_cells(rows: list[dict], differences: list) -> tuple[list, list]:
+    head = ["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
+            "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"]
+    head += ["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []
+    data = []
+    for i, r in enumerate(rows):
+        note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", r["note"]) if x)
+        extra = []
+        if differences:
+            d = differences[i]
+            x = d["difference"] if d else None
+            extra = [d["reference"] if d else ""] + ([x.diff, x.low, x.high, x.df] if x else [None] * 4)
+        data.append([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
+                     r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
+                     r["provenance"]] + extra)
+    return head, data
+
+
+def table_notes(table: Table, rows: list[dict], seeds: int, epochs_scale: float, differences: list) -> list[str]:
+    """The lines under the table: what its numbers are, where they ran, what is missing."""
     hw = next((r["hardware"] for r in rows if r["hardware"]), None)
     notes = []
     if table.out_of_scope:
@@ -413,49 +454,63 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
         notes.append(DIFFERENCES_NOTE)
     if table.note:
         notes.append(table.note)
-    notes += shared_result_notes(rows)
-    row_notes = [row_note(r) for r in rows]
-    if fmt == "csv":
-        import io
+    return notes + shared_result_notes(rows)
 
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
-                    "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"]
-                   + (["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []))
-        for i, r in enumerate(rows):
-            note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", r["note"]) if x)
-            extra = []
-            if differences:
-                d = differences[i]
-                x = d["difference"] if d else None
-                extra = [d["reference"] if d else ""] + ([x.diff, x.low, x.high, x.df] if x else [None] * 4)
-            w.writerow([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
-                        r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
-                        r["provenance"]] + extra)
-        return buf.getvalue().rstrip("\n")
-    if fmt == "latex":
-        def esc(s):
-            return str(s).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("%", r"\%").replace("_", r"\_")
 
-        lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
-                 r"\toprule", " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        lines += [r"\par\smallskip{\footnotesize " + esc(n) + "}" for n in notes + [n for n in row_notes if n]]
-        lines += [r"\caption{" + esc(table.title) + "}", r"\end{table}"]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = [f"### {table.title}", "",
-             "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+def _markdown(s: Sheet) -> str:
+    widths = [max(len(h), *(len(b[i]) for b in s.body)) for i, h in enumerate(s.head)]
+    lines = [f"### {s.title}", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(s.head, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    if any(row_notes):
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in s.body]
+    if s.notes:
+        lines += [""] + [f"- {n}" for n in s.notes]
+    if s.row_notes:
         lines += ["", "Rows: notes and where their settings come from", ""]
-        lines += [f"- {n}" for n in row_notes if n]
+        lines += [f"- {n}" for n in s.row_notes]
     return "\n".join(lines)
+
+
+def _csv(s: Sheet) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(s.data_head)
+    w.writerows(s.data)
+    return buf.getvalue().rstrip("\n")
+
+
+def _latex(s: Sheet) -> str:
+    def esc(text):
+        return str(text).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("%", r"\%").replace("_", r"\_")
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(s.head) - 1) + "}",
+             r"\toprule", " & ".join(esc(h) for h in s.head) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in row) + r" \\" for row in s.body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\par\smallskip{\footnotesize " + esc(n) + "}" for n in s.notes + s.row_notes]
+    lines += [r"\caption{" + esc(s.title) + "}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+FORMATTERS = {"md": _markdown, "csv": _csv, "latex": _latex}
+
+
+def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
+           overrides=(), rows: list[dict] | None = None) -> str:
+    """The table in `fmt` (a key of FORMATTERS); `rows`: `collect`'s, when the caller has them already."""
+    seeds = seeds or table.seeds
+    if rows is None:
+        rows = collect(table, seeds, epochs_scale, runs_root, overrides)
+    return FORMATTERS[fmt](sheet(table, rows, seeds, epochs_scale))
+
+
+def write_markdown(table: Table, rows: list[dict], out_dir: Path, seeds: int | None = None,
+                   epochs_scale: float = 1.0) -> Path:
+    """table.md beside a table's pictures."""
+    path = Path(out_dir) / "table.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(table, "md", seeds, epochs_scale, rows=rows) + "\n")
+    return path
 
 
 def row_note(r: dict) -> str:
