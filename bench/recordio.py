@@ -65,7 +65,8 @@ def reference_rate(root: Path, threads: bool) -> float:
 
 
 def main():
-    from gluon_tricks.data.recordio import RecordTrainStream, prepare
+    from gluon_tricks.data.prepare import prepare
+    from gluon_tricks.data.recordio import RecordTrainStream
 
     root = tmpdir()
     make_images(root)

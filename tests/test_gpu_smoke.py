@@ -98,7 +98,7 @@ def test_zoo_teacher_on_gpu(tmp_path, monkeypatch):
 def test_recordio_batch_on_gpu(tmp_path):
     from test_imagenet import make_folder
 
-    from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.data.prepare import prepare
 
     make_folder(tmp_path / "train", corrupt=False)
     make_folder(tmp_path / "val", per_class=4, corrupt=False)
