@@ -138,7 +138,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers, contexts)
     check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
@@ -155,8 +155,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
+        teacher_dtype = recipe.distill.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(recipe.distill, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight, teacher_dtype)
     else:
         step_loss = StudentLoss()
 

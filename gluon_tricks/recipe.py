@@ -124,6 +124,9 @@ class DistillSpec:
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
     temperature: float = 20.0
     soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
+    # "" = the student's dtype, as in the papers; "float16": the teacher's forward in float16
+    # on GPUs (V100 tensor cores) for a float32 student, a deviation (docs/tricks.md)
+    teacher_dtype: str = ""
 
 
 @dataclass
@@ -312,6 +315,8 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
+    if r.distill.teacher_dtype not in ("", "float16"):
+        problems.append("distill.teacher_dtype must be \"\" (the student's dtype) or \"float16\"")
     teacher = r.distill.teacher
     if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
             and not ZOO_TAG.fullmatch(teacher):
@@ -610,6 +615,8 @@ def identity(recipe: Recipe) -> dict:
         values[section][name] = defaults[section][name]
     if values["model"]["classes"] == _dataset_classes(values["data"]):
         values["model"]["classes"] = defaults["model"]["classes"]  # an explicit head of the dataset's size
+    if values["distill"]["teacher_dtype"] == values["model"]["dtype"]:
+        values["distill"]["teacher_dtype"] = defaults["distill"]["teacher_dtype"]  # the student's, said twice
     out = {}
     for k, v in values.items():
         if k in NOT_IDENTITY:
