@@ -142,10 +142,11 @@ MUTANTS = [
             "ckpt = next((run.verify(p) for p in run.checkpoints()), None)\n"),
            ("tests/test_models.py::test_export_copies_the_newest_valid_checkpoint",)),
     Mutant("M17", "the teacher predicts on the mixed batch",
-           ("[teacher(xd) for xd in xs]", "[self.teacher(x) for x in xs]"),
+           ("[teacher(xd) for xd in xs]", "[self.teacher(x) for x in xs]", "else x.astype(dtype)) for x in xs]"),
            # after the step-loss refactor the teacher cannot reach the unmixed batch in one line:
            # the nearest one-line bug gives it other images than the student's (the batch reversed)
-           ("[teacher(xd) for xd in gluon.utils.split_and_load(x, contexts)]", "[self.teacher(x[::-1]) for x in xs]"),
+           ("[teacher(xd) for xd in gluon.utils.split_and_load(x, contexts)]", "[self.teacher(x[::-1]) for x in xs]",
+            "else x.astype(dtype)) for x in [x[::-1] for x in xs]]"),
            (f"{A}::test_the_teacher_predicts_on_the_mixed_batch",)),
     Mutant("M19", "RecordIO random-resized crop area from data.min_area",
            "min_random_area=spec.min_area", "min_random_area=1.0",
