@@ -180,16 +180,25 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
         for ext in ("skipped.txt", "lst", "classes.txt", "idx", "rec"):
             os.replace(temps[ext], finals[ext])
     except (OSError, mx.MXNetError) as e:
-        for t in temps.values():
-            try:
-                t.unlink(missing_ok=True)
-            except OSError:
-                pass
-        reason = "the disk is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else \
-            (getattr(e, "strerror", None) or first_line(e, 160))
-        raise UserError(f"could not write {shown(out_prefix)}.rec/.idx/.lst: {reason}; nothing was written "
-                        "(free space or choose another output)") from None
+        _remove(temps.values())
+        raise UserError(f"could not write {shown(out_prefix)}.rec/.idx/.lst: {_why_not_written(e)}; nothing was "
+                        "written (free space or choose another output)") from None
     return info
+
+
+def _why_not_written(e: Exception) -> str:
+    if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return getattr(e, "strerror", None) or first_line(e, 160)
+
+
+def _remove(paths) -> None:
+    """Best effort: a temporary file that cannot be removed must not hide the error being raised."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _write_records(src, items, classes, temps, resize, quality, workers, progress, name) -> dict:
@@ -238,7 +247,6 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
 
     The repair is written under temporary names and renamed at the end (as `prepare` does),
     and never onto the files it reads: MXNet's writer truncates its files when it opens them."""
-    import cv2
     import mxnet as mx
 
     prefix = Path(prefix)
@@ -254,28 +262,8 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
     try:
         writer = mx.recordio.MXIndexedRecordIO(str(temps["idx"]), str(temps["rec"]), "w") if temps else None
-        bad, kept = [], {}  # kept: old record key -> new one
-        for key in reader.keys:
-            try:
-                header, payload = mx.recordio.unpack(reader.read_idx(key))
-                ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
-            except Exception:  # a damaged header raises from the unpacking itself
-                ok = False
-            if not ok:
-                bad.append(key)
-                continue
-            if writer is not None:
-                writer.write_idx(len(kept), mx.recordio.pack(header._replace(id=len(kept)), payload))
-            kept[key] = len(kept)
-        # A record started but never indexed (a kill mid-write) sits after the last indexed one;
-        # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
-        # must end exactly at the end of the file (records are padded to 4 bytes).
-        end = 0
-        if reader.keys:
-            last = max(reader.keys, key=lambda k: reader.idx[k])
-            reader.seek(last)
-            end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
-        trailing = rec_path.stat().st_size - end
+        bad, kept = _sort_records(reader, writer)
+        trailing = rec_path.stat().st_size - _end_of_indexed_records(reader)
         if writer is not None:
             writer.close()
             _write_repair_extras(prefix, kept, temps)
@@ -286,20 +274,48 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     except (OSError, mx.MXNetError) as e:
         if not temps:
             raise
-        reason = "the disk is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else \
-            (getattr(e, "strerror", None) or first_line(e, 160))
-        raise UserError(f"could not write {shown(repair_to)}.rec/.idx: {reason}; nothing was written "
+        raise UserError(f"could not write {shown(repair_to)}.rec/.idx: {_why_not_written(e)}; nothing was written "
                         "(free space or choose another output)") from None
     finally:
         reader.close()
-        for t in temps.values():
-            try:
-                t.unlink(missing_ok=True)
-            except OSError:
-                pass
+        _remove(temps.values())
     if trailing:
         bad.append(f"{trailing} bytes after the last indexed record")
     return {"records": len(kept) + len([b for b in bad if isinstance(b, int)]), "bad": bad}
+
+
+def _sort_records(reader, writer) -> tuple[list[int], dict[int, int]]:
+    """(the keys of the records that do not decode, {old key: new key} of those that do);
+    the good ones are written to `writer`, renumbered from 0, when there is one."""
+    import cv2
+    import mxnet as mx
+
+    bad, kept = [], {}
+    for key in reader.keys:
+        try:
+            header, payload = mx.recordio.unpack(reader.read_idx(key))
+            ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
+        except Exception:  # a damaged header raises from the unpacking itself
+            ok = False
+        if not ok:
+            bad.append(key)
+            continue
+        if writer is not None:
+            writer.write_idx(len(kept), mx.recordio.pack(header._replace(id=len(kept)), payload))
+        kept[key] = len(kept)
+    return bad, kept
+
+
+def _end_of_indexed_records(reader) -> int:
+    """Where the last indexed record ends in the .rec. A record started but never indexed (a
+    kill mid-write) sits after it; ImageRecordIter reads the .rec sequentially and aborts on
+    it, so the last indexed record must end exactly at the end of the file (dmlc's 8-byte
+    record header, the data padded to 4 bytes)."""
+    if not reader.keys:
+        return 0
+    last = max(reader.keys, key=lambda k: reader.idx[k])
+    reader.seek(last)
+    return reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
 
 
 REPAIR_FILES = ("rec", "idx", "lst", "classes.txt")
