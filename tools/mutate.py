@@ -202,6 +202,12 @@ MUTANTS = [
     Mutant("X5", "the recipe's momentum reaches the optimizer",
            'params["momentum"] = o.momentum', 'params["momentum"] = 0.9',
            (f"{A}::test_the_update_is_made_by_the_recipes_optimizer",)),
+    Mutant("X6", "the trainer-states unpickler refuses code",
+           "if (module, name) in TRAINER_STATES_CLASSES:", "if True:",
+           ("tests/test_own_files.py::test_a_crafted_trainer_states_runs_no_code_at_resume",)),
+    Mutant("X7", "checkpoint pruning deletes only the checkpoints the run wrote",
+           'CHECKPOINT_NAME = re.compile(r"^epoch\\d{4}-step\\d{7}$")', 'CHECKPOINT_NAME = re.compile(r"^[^.]")',
+           ("tests/test_own_files.py::test_pruning_deletes_only_the_checkpoints_it_wrote",)),
 ]
 
 
