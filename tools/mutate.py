@@ -55,8 +55,6 @@ class Mutant:
 
 
 A, C, R = "tests/test_applied.py", "tests/test_checkpoints.py", "tests/test_reliability.py"
-CIFAR_UNPICKLER = ("if (module, name) in self.ALLOWED:\n            return super().find_class(module, name)\n"
-                   "        raise pickle.UnpicklingError")
 MUTANTS = [
     Mutant("M1", "label smoothing, paper form: off value eps/(K-1)",
            "on, off = 1.0 - eps, eps / (classes - 1)", "on, off = 1.0 - eps, eps / classes",
@@ -98,12 +96,11 @@ MUTANTS = [
             'position.load_partial_epoch(ckpt.state.get("partial_epoch", {}))'),
            ("carried = {}", "position.partial = {}", "position.load_partial_epoch({})"),
            (f"{C}::test_resumed_epoch_row_counts_the_steps_before_the_interruption",)),
-    # results.py's trainer-states unpickler has the same first line: the CIFAR one is the one that refuses next
     Mutant("M8", "the CIFAR unpickler refuses numpy globals outside its list",
-           CIFAR_UNPICKLER, CIFAR_UNPICKLER.replace("self.ALLOWED:", 'self.ALLOWED or module.startswith("numpy"):'),
+           "if (module, name) in self.ALLOWED:", 'if (module, name) in self.ALLOWED or module.startswith("numpy"):',
            ("tests/test_cifar.py",)),
     Mutant("M8b", "the CIFAR unpickler refuses code",
-           CIFAR_UNPICKLER, CIFAR_UNPICKLER.replace("if (module, name) in self.ALLOWED:", "if True:"),
+           "if (module, name) in self.ALLOWED:", "if True:",
            ("tests/test_cifar.py",)),
     Mutant("M9", "a second Ctrl-C aborts at once",
            # the first signal restores the default action, so the second ends the process
