@@ -99,7 +99,8 @@ def cmd_schedule(args) -> int:
 
 def cmd_export(args) -> int:
     from gluon_tricks.errors import UserError, shown
-    from gluon_tricks.results import RunDir, atomic_copy
+    from gluon_tricks.atomic import atomic_copy
+    from gluon_tricks.results import RunDir
 
     out = Path(args.out)
     if (out.exists() or out.is_symlink()) and not args.overwrite:  # probe 6.3: a teacher was replaced unasked

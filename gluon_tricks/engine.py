@@ -33,12 +33,13 @@ from mxnet import autograd, gluon
 from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
+from gluon_tricks.checkpoints import check_trainer_states
 from gluon_tricks.devices import (Dist, HostReads, check_even_split, gather, make_dist, micro_batches, micro_slice,
                                   parse_ctx)
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
-from gluon_tricks.results import RunDir, check_trainer_states, provenance
+from gluon_tricks.results import RunDir, provenance
 from gluon_tricks.tricks.distill import DistillStep
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer

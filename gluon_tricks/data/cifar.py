@@ -191,7 +191,7 @@ def _download(root: Path, dataset: str) -> None:
     timeout per connect and per read."""
     import requests
 
-    from gluon_tricks.results import atomic_write_bytes
+    from gluon_tricks.atomic import atomic_write_bytes
 
     expected = ", ".join(BINARY_FILES[dataset][0] + BINARY_FILES[dataset][1])
     try:
@@ -225,7 +225,7 @@ _VERIFIED: set = set()
 
 def verify_checksums(root: Path) -> None:
     """Check every file a SHA256SUMS in `root` lists (once per file version and process)."""
-    from gluon_tricks.results import sha256_file
+    from gluon_tricks.atomic import sha256_file
 
     sums = root / "SHA256SUMS"
     if not sums.is_file():
