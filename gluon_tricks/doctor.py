@@ -256,8 +256,14 @@ def omp_lines(env=None, cores: int | None = None) -> list[Line]:
 
 def data_missing(spec) -> tuple[list[str], str]:
     """(missing files, how to get them) for a recipe's data section."""
-    if spec.dataset == "cifar10-mini":
-        return [], ""
+    if spec.dataset in ("cifar10-mini", "cifar100-mini"):
+        from gluon_tricks.data.cifar import mini_present, mini_roots
+
+        roots = [Path(spec.root)] if spec.root else mini_roots(spec.dataset)
+        if any(mini_present(r, spec.dataset) for r in roots):
+            return [], ""
+        return [f"{roots[-1]}/ ({spec.dataset})"], \
+            "cut from the official archive on the first run (needs internet), or set GLUON_TRICKS_DATA (README: Data)"
     if spec.dataset in ("cifar10", "cifar100"):
         from gluon_tricks.data.cifar import _find_files, default_root
 

@@ -39,3 +39,13 @@ def mxnet_home() -> "Path":
     from pathlib import Path
 
     return Path(os.environ.get("MXNET_HOME") or Path.home() / ".mxnet").expanduser()
+
+
+def data_dir() -> "Path | None":
+    """The data directory a user or CI names with $GLUON_TRICKS_DATA (holding cifar10-mini/,
+    cifar100-mini/, pretrained/: third-party files the project does not ship), or None."""
+    import os
+    from pathlib import Path
+
+    value = os.environ.get("GLUON_TRICKS_DATA")
+    return Path(value).expanduser() if value else None
