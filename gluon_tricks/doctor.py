@@ -282,11 +282,12 @@ def data_missing(spec) -> tuple[list[str], str]:
 
 def teacher_missing(spec) -> tuple[list[str], str]:
     from gluon_tricks.errors import UserError
-    from gluon_tricks.models import teacher_file, zoo_source, zoo_weights_file
+    from gluon_tricks.models import zoo_source, zoo_weights_file
+    from gluon_tricks.recipe import teacher_path
 
     if not spec.teacher:
         return [], ""
-    path = teacher_file(spec.teacher)
+    path = teacher_path(spec.teacher)
     if path is not None:
         return ([] if path.is_file() else [str(path)]), "teacher/train_teacher.sh (docs/reproduce.md)"
     try:

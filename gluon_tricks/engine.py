@@ -35,7 +35,7 @@ from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.results import RunDir, provenance
-from gluon_tricks.tricks.distill import DistillStep
+from gluon_tricks.tricks.distill import DistillStep, renormalization
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
 from gluon_tricks.tricks.optim import make_optimizer
@@ -300,7 +300,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
         teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
+        d = recipe.distill
+        step_loss = DistillStep(teacher, d.temperature, d.soft_weight,
+                                renormalization(recipe.data.mean, recipe.data.std, d.teacher_mean, d.teacher_std))
     else:
         step_loss = StudentLoss()
 

@@ -17,7 +17,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import init as mx_init
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, first_line, shown
+from gluon_tricks.recipe import teacher_path
 from gluon_tricks.tricks.optim import no_bias_decay
 from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
@@ -140,40 +141,46 @@ def build_model(recipe, classes: int, ctx):
     return net
 
 
-def teacher_file(source: str) -> Path | None:
-    """The .params file a `distill.teacher` names (as given, or relative to the project,
-    where recipes name teacher/... files), or None when it names zoo weights."""
-    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
-        return None
-    path = Path(source)
-    project_path = Path(__file__).resolve().parent.parent / source
-    if not path.is_absolute() and not path.exists() and project_path.exists():
-        path = project_path
-    return path
+def check_params_file(path: Path, what: str = "teacher") -> None:
+    """A one-line error naming `path` and what is wrong with it unless it is a complete MXNet
+    .params file: not MXNet's format at all, or cut short (MXNet itself only says "Invalid
+    NDArray file format", which a later load would blame on the architecture)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
+        magic = f.read(8)
+    if magic != (0x112).to_bytes(8, "little"):
+        raise UserError(f"{what} {shown(path)} is not an MXNet .params file ({size:,} bytes, it does not start "
+                        "with MXNet's NDArray-list header); give the .params file itself, or export one with "
+                        "gluon-tricks export")
+    try:
+        mx.nd.load(str(path))
+    except mx.MXNetError as e:
+        raise UserError(f"{what} {shown(path)} is not a complete MXNet .params file ({size:,} bytes; MXNet: "
+                        f"{first_line(e)}): it is truncated or damaged; copy or export it again") from None
 
 
 def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
     """A teacher by zoo name (its pretrained weights) or from a .params file of
     `spec.teacher_model`. Checks that it predicts the same number of classes."""
     src = spec.teacher
-    path = teacher_file(src)
+    path = teacher_path(src)
     if path is not None:
         if not path.is_file():
-            raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
-                            "or give a zoo name in distill.teacher")
+            how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export RUN_DIR {src})"
+                   if spec.teacher_recipe else "give an existing .params file, or a zoo name, in distill.teacher")
+            raise UserError(f"teacher file {shown(path)} not found; {how}")
         if not spec.teacher_model:
-            raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
+            raise UserError(f"teacher {shown(path)} is a .params file: set distill.teacher_model to its "
                             "architecture, e.g. cifar_resnext29_16x64d")
-        with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
-            if f.read(8) != (0x112).to_bytes(8, "little"):
-                raise UserError(f"teacher {path} is not an MXNet .params file; export one with gluon-tricks export")
+        check_params_file(path)
         net = _get(spec.teacher_model, classes=classes)
         try:
             net.load_parameters(str(path), ctx=ctx)
         except (AssertionError, mx.MXNetError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-            raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
-                            f"({first}); check distill.teacher_model and the dataset's classes") from None
+            # Gluon names the parameter: missing in the file (another architecture) or of
+            # another shape (another class count).
+            raise UserError(f"teacher {shown(path)} does not match {spec.teacher_model} with {classes} classes "
+                            f"({first_line(e)}); check distill.teacher_model and the dataset's classes") from None
     else:
         net = _pretrained(src, ctx)
         out = output_classes(net)
