@@ -13,7 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from gluon_tricks.paths import cores  # noqa: F401  (the benchmarks take it from here)
+
+os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
 
 OUT = Path(__file__).parent / "out"
 
@@ -120,10 +122,6 @@ def mini_cifar():
 
 def tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="gt-bench-"))
-
-
-def cores() -> int:
-    return os.cpu_count() or 1
 
 
 def note(msg: str) -> None:

@@ -13,29 +13,12 @@ import os
 import sys
 from pathlib import Path
 
+from gluon_tricks.paths import cores, find_recipe, recipes_root, runs_root
+
 
 def _default_threads() -> None:
     # MXNet's OpenMP uses half the cores unless told otherwise; use all of them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-
-
-def recipes_root() -> Path:
-    env = os.environ.get("GLUON_TRICKS_RECIPES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "recipes"
-
-
-def resolve_recipe_path(text: str) -> Path:
-    """A path as given, or a name relative to recipes/ (with or without .toml)."""
-    p = Path(text)
-    try:
-        if p.is_file():
-            return p
-        for candidate in (recipes_root() / text, recipes_root() / f"{text}.toml"):
-            if candidate.is_file():
-                return candidate
-    except (OSError, ValueError):  # a name too long for the filesystem, a NUL byte
-        pass
-    return p  # load_recipe reports it as missing or unreadable
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
 
 
 def _overrides(args) -> list[str]:
@@ -52,7 +35,7 @@ def cmd_train(args) -> int:
     from gluon_tricks.recipe import content_hash, load_recipe
     from gluon_tricks.results import run_dir_for
 
-    recipe = load_recipe(resolve_recipe_path(args.recipe), _overrides(args))
+    recipe = load_recipe(find_recipe(args.recipe), _overrides(args))
     out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
     from gluon_tricks.engine import train
 
@@ -67,7 +50,7 @@ def cmd_recipes(args) -> int:
     if args.show:
         from gluon_tricks.recipe import content_hash, load_recipe, to_toml
 
-        recipe = load_recipe(resolve_recipe_path(args.show), _overrides(args))
+        recipe = load_recipe(find_recipe(args.show), _overrides(args))
         print(f"# {recipe.name}: content hash {content_hash(recipe)} (every `extends` and --set resolved)")
         print(to_toml(recipe), end="")
         return 0
@@ -102,7 +85,7 @@ def cmd_schedule(args) -> int:
     from gluon_tricks.plots import plot_schedules
     from gluon_tricks.recipe import load_recipe
 
-    recipes = [load_recipe(resolve_recipe_path(r), list(args.set or [])) for r in args.recipes]
+    recipes = [load_recipe(find_recipe(r), list(args.set or [])) for r in args.recipes]
     path = plot_schedules(recipes, Path(args.out), iters_per_epoch=args.iters_per_epoch)
     print(path)
     return 0
@@ -125,11 +108,10 @@ def cmd_export(args) -> int:
 
 def cmd_plot(args) -> int:
     from gluon_tricks.plots import plot_table
-    from gluon_tricks.results import default_runs_root
     from gluon_tricks.tables import load_table
 
     table = load_table(recipes_root(), args.name)
-    runs = Path(args.runs) if args.runs else default_runs_root()
+    runs = Path(args.runs) if args.runs else runs_root()
     out = Path(args.out) if args.out else runs / "tables" / args.name
     for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch):
         print(path)
@@ -151,12 +133,24 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def check_train_command(command: list[str]) -> None:
+    """Load a `train` command's recipe (and flags) once, so a bad one is one error before any
+    process of a launch starts, not one error per worker."""
+    if command[:1] != ["train"]:
+        return
+    from gluon_tricks.recipe import load_recipe
+
+    args = build_parser().parse_args(command)
+    load_recipe(find_recipe(args.recipe), _overrides(args))
+
+
 def cmd_launch(args) -> int:
     from gluon_tricks.launch import run
 
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
+    check_train_command(command)
     return run(args.workers, args.servers, command, args.hostfile, args.port, args.timeout)
 
 

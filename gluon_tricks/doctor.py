@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from gluon_tricks import cuda_libs
+from gluon_tricks.paths import cores as machine_cores, recipes_root, runs_root
 
 FEATURES = ("CUDA", "CUDNN", "NCCL", "DIST_KVSTORE")
 MXNET_WHEELS = ("mxnet", cuda_libs.CUDA_WHEEL)
@@ -241,7 +242,7 @@ def nvidia_driver() -> str | None:
 
 def omp_lines(env=None, cores: int | None = None) -> list[Line]:
     env = os.environ if env is None else env
-    cores = cores or os.cpu_count() or 1
+    cores = cores or machine_cores()
     value = env.get("OMP_NUM_THREADS")
     if not value:
         return [Line("WARN", f"OMP_NUM_THREADS unset: MXNet uses half of the {cores} cores outside gluon-tricks",
@@ -298,7 +299,6 @@ def teacher_missing(spec) -> tuple[list[str], str]:
 
 
 def table_lines(root: Path | None = None) -> list[Line]:
-    from gluon_tricks.cli import recipes_root
     from gluon_tricks.errors import UserError
     from gluon_tricks.tables import load_table, row_recipes, table_names
 
@@ -327,9 +327,7 @@ def table_lines(root: Path | None = None) -> list[Line]:
 
 
 def disk_lines(paths=None, warn_gb: float = 20.0, fail_gb: float = 1.0) -> list[Line]:
-    from gluon_tricks.results import default_runs_root
-
-    paths = paths or {"runs": default_runs_root(),
+    paths = paths or {"runs": runs_root(),
                       "MXNET_HOME": Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet"))}
     lines = []
     for label, path in paths.items():

@@ -30,22 +30,3 @@ def first_line(e: BaseException, limit: int = 200) -> str:
         return e.__class__.__name__
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     return line.strip()[:limit]
-
-
-def mxnet_home() -> "Path":
-    """MXNet's data directory: $MXNET_HOME, else ~/.mxnet (where GluonCV keeps datasets
-    and model weights)."""
-    import os
-    from pathlib import Path
-
-    return Path(os.environ.get("MXNET_HOME") or Path.home() / ".mxnet").expanduser()
-
-
-def data_dir() -> "Path | None":
-    """The data directory a user or CI names with $GLUON_TRICKS_DATA (holding cifar10-mini/,
-    cifar100-mini/, pretrained/: third-party files the project does not ship), or None."""
-    import os
-    from pathlib import Path
-
-    value = os.environ.get("GLUON_TRICKS_DATA")
-    return Path(value).expanduser() if value else None

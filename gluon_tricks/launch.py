@@ -20,8 +20,8 @@ servers and last the scheduler get SIGTERM; whatever outlives its grace is SIGKI
 Every child runs in its own process group (a terminal's Ctrl-C reaches only the launcher,
 which then stops the job in that order) and asks the kernel to SIGKILL it if the launcher
 dies (PR_SET_PDEATHSIG), so even a kill -9 of the launcher leaves no orphans.
-A `train` command's recipe is loaded here once, before anything starts: a bad recipe is
-one error and exit status 2, not one error per worker.
+The CLI loads a `train` command's recipe once before it calls `run` (cli.check_train_command):
+a bad recipe is one error and exit status 2, not one error per worker.
 """
 from __future__ import annotations
 
@@ -36,41 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gluon_tricks.errors import UserError
+from gluon_tricks.paths import cores
+from gluon_tricks.runner import signal_on_parent_death
 
 HEARTBEAT_INTERVAL = 5
 HEARTBEAT_TIMEOUT = 30
 WORKER_GRACE = 60  # seconds for the workers to finish a step and write a checkpoint
 ROLE_GRACE = 10  # seconds for a server or the scheduler to exit after SIGTERM
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def signal_on_parent_death(sig: int) -> bool:
-    """Ask the kernel to send this process `sig` when its parent dies (Linux prctl); False where
-    that is not available."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        return False
-    return True
 
 
 def _child_setup() -> None:
     """Runs in each child between fork and exec: its own process group, and death with the launcher."""
     os.setpgid(0, 0)
     signal_on_parent_death(signal.SIGKILL)  # not Linux: the signal handlers still stop the job
-
-
-def check_train_command(command: list[str]) -> None:
-    """Load a `train` command's recipe (and flags) once, so a bad one fails before anything starts."""
-    if command[:1] != ["train"]:
-        return
-    from gluon_tricks.cli import _overrides, build_parser, resolve_recipe_path
-    from gluon_tricks.recipe import load_recipe
-
-    args = build_parser().parse_args(command)
-    load_recipe(resolve_recipe_path(args.recipe), _overrides(args))
 
 
 def free_port() -> int:
@@ -103,7 +81,7 @@ def role_env(role: str, root_uri: str, port: int, workers: int, servers: int, ho
         "DMLC_NODE_HOST": host,
         "PS_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
         "PS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores())),
     }
     if interface:
         env["DMLC_INTERFACE"] = interface
@@ -162,9 +140,7 @@ def run(workers: int, servers: int, command: list[str], hostfile: str | None = N
     if workers < 1 or servers < 1:
         raise UserError("launch needs at least one worker (-n) and one server (-s)")
     hosts = read_hostfile(Path(hostfile)) if hostfile else None
-    argv = training_command(command)
-    check_train_command(command)
-    command = argv
+    command = training_command(command)
     roles: list[Role] = []
     t0 = time.time()
     hurry = {"now": False}

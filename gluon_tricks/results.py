@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gluon_tricks.errors import UserError, first_line, shown
+from gluon_tricks.paths import committed_results_root, runs_root
 
 TOOL = "gluon-tricks"
 FORMAT = 1
@@ -81,10 +82,6 @@ def code_revision() -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def default_runs_root() -> Path:
-    return Path(os.environ.get("GLUON_TRICKS_RUNS", "runs"))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -397,20 +394,10 @@ class RunDir:
         return None
 
 
-def committed_results_root() -> Path | None:
-    """Finished runs committed with the project (run.json, recipe.toml, metrics.jsonl,
-    result.json; no checkpoints), searched after the runs root so a fresh clone prints them.
-    $GLUON_TRICKS_RESULTS names another directory; set it empty to ignore them (e.g. to retrain)."""
-    env = os.environ.get("GLUON_TRICKS_RESULTS")
-    if env is not None:
-        return Path(env) if env else None
-    return Path(__file__).resolve().parent.parent / "results"
-
-
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
     """The finished run of a recipe, wherever its directory is named: in the runs root first,
     then among the committed results."""
-    root = Path(root) if root else default_runs_root()
+    root = Path(root) if root else runs_root()
     for base in (root, committed_results_root()):
         if base is None or not base.is_dir():
             continue
@@ -424,5 +411,5 @@ def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict]
 
 
 def run_dir_for(recipe_name: str, recipe_hash: str, root: Path | None = None) -> Path:
-    root = Path(root) if root else default_runs_root()
+    root = Path(root) if root else runs_root()
     return root / f"{recipe_name}-{recipe_hash}"

@@ -31,7 +31,6 @@ stopped; a finished row is never trained again.
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 from gluon_tricks._compat import tomllib
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs
+from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
 
@@ -146,48 +146,20 @@ def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list
             for i in range(seeds)]
 
 
-def _train_row(recipe_dict: dict, expected_hash: str, out: str, resume: bool, progress: bool) -> dict:
-    """One row in a fresh process (run_table's workers): everything the row allocated, on the
-    host and on the GPU (MXNet's memory pool, cuDNN workspaces, kvstore buffers), is returned
-    to the system when the process exits, before the next row starts there."""
-    from gluon_tricks.engine import train
-    from gluon_tricks.recipe import recipe_from_dict
+def pending_runs(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
+                 overrides=()) -> list[PendingRun]:
+    """The runs of the table's rows (and seeds) that have no result yet, each recipe once."""
+    from gluon_tricks.results import RunDir, find_result, run_dir_for
 
-    recipe = recipe_from_dict(recipe_dict)
-    if content_hash(recipe) != expected_hash:  # the recipe must cross the process boundary unchanged
-        raise RuntimeError(f"recipe {recipe.name} changed on its way to the worker process")
-    try:
-        return train(recipe, Path(out), resume=resume, progress=progress)
-    finally:
-        if _table_pid is not None and os.getppid() != _table_pid:
-            # `table` is gone: no one to report to, and the pool's queue would keep this process
-            # waiting for a next row forever. The checkpoint is written; leave.
-            os._exit(1)
-
-
-_table_pid: int | None = None  # in a row process: the `table` process that started it
-
-
-def _stop_with_parent(parent: int) -> None:
-    """Row processes' initializer: when `table` dies (SIGTERM from a job scheduler, even kill -9),
-    the kernel sends the row SIGTERM, which the engine treats as Ctrl-C: finish the step, write
-    a checkpoint, exit. Without it the row trained on as an orphan."""
-    import signal
-
-    from gluon_tricks.launch import signal_on_parent_death
-
-    global _table_pid
-    _table_pid = parent
-    if not signal_on_parent_death(signal.SIGTERM):  # not Linux
-        return
-    if os.getppid() != parent:  # the parent died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _row_devices(ctx_text: str) -> list[str]:
-    from gluon_tricks.engine import parse_ctx
-
-    return [f"{c.device_type}:{c.device_id}" for c in parse_ctx(ctx_text)]
+    pending: list[PendingRun] = []
+    for row in table.rows:
+        for recipe in row_recipes(row, seeds or table.seeds, epochs_scale, overrides):
+            h = content_hash(recipe)
+            if find_result(h, runs_root) is not None or any(p.recipe_hash == h for p in pending):
+                continue  # finished (perhaps as another row or table: same recipe, same result)
+            out = run_dir_for(recipe.name, h, runs_root)
+            pending.append(PendingRun(row.label, recipe, h, out, RunDir(out).latest_checkpoint(quiet=True) is not None))
+    return pending
 
 
 def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
@@ -202,92 +174,15 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     beat one row on eight GPUs. Results are found by content hash, and the device is not
     part of it, so both ways give the same rows. `in_process` trains here instead (for a
     debugger); finished rows are then released by garbage collection only."""
-    import dataclasses
-    import gc
-
-    from gluon_tricks.errors import Interrupted
-    from gluon_tricks.results import RunDir, find_result, run_dir_for
-
     if table.out_of_scope:
         raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
-    seeds = seeds or table.seeds
-    jobs = []
-    for row in table.rows:
-        for recipe in row_recipes(row, seeds, epochs_scale, overrides):
-            h = content_hash(recipe)
-            if find_result(h, runs_root) is not None or any(j[2] == h for j in jobs):
-                continue  # finished (perhaps as another row or table: same recipe, same result)
-            out = run_dir_for(recipe.name, h, runs_root)
-            jobs.append((row.label, recipe, h, out, RunDir(out).latest_checkpoint(quiet=True) is not None))
-    if not jobs:
+    pending = pending_runs(table, seeds, epochs_scale, runs_root, overrides)
+    if not pending:
         return
     if in_process:
-        from gluon_tricks import engine
-
-        for label, recipe, _, out, resume in jobs:
-            if progress:
-                print(f"== {table.name}: {label} (seed {recipe.seed}) -> {out}", flush=True)
-            engine.train(recipe, out, resume=resume, progress=progress)
-            gc.collect()  # Parameter <-> Trainer reference cycles hold the finished row's arrays
-        return
-
-    import multiprocessing
-    from collections import deque
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    if parallel is None:
-        slots = [None]  # one row at a time, on the recipe's own devices
+        train_in_process(table.name, pending, progress)
     else:
-        devices = _row_devices(jobs[0][1].system.ctx)
-        if parallel < 0:
-            raise UserError(f"--parallel {parallel}: give the number of rows at once (0 or nothing: one per device)")
-        slots = [devices[i % len(devices)] for i in range(parallel or len(devices))]
-    queue, running, failures = deque(jobs), {}, []
-    quiet_rows = len(slots) > 1  # interleaved epoch lines from several rows help nobody; metrics.jsonl has them
-    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state inherited
-    try:
-        while queue or running:
-            while queue and slots and not failures:
-                device = slots.pop(0)
-                label, recipe, h, out, resume = queue.popleft()
-                if device is not None:
-                    recipe = dataclasses.replace(recipe, system=dataclasses.replace(recipe.system, ctx=device))
-                if progress:
-                    print(f"== {table.name}: {label} (seed {recipe.seed}) on {recipe.system.ctx} -> {out}", flush=True)
-                executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn,  # one process per row
-                                               initializer=_stop_with_parent, initargs=(os.getpid(),))
-                future = executor.submit(_train_row, recipe.to_dict(), h, str(out), resume,
-                                         progress and not quiet_rows)
-                running[future] = (label, recipe, device, executor)
-            if not running:
-                break
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                label, recipe, device, executor = running.pop(future)
-                executor.shutdown(wait=True)
-                slots.append(device)
-                error = future.exception()
-                if error is not None:
-                    failures.append((label, error))
-                elif progress and quiet_rows:
-                    result = future.result()
-                    print(f"== {table.name}: {label} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
-                          flush=True)
-    except KeyboardInterrupt:
-        # The rows' processes got the Ctrl-C too: each checkpoints at its next step and exits.
-        for *_, executor in running.values():
-            executor.shutdown(wait=True)
-        raise Interrupted(f"table {table.name} stopped; finished rows are kept and the others resume "
-                          "from their checkpoints: run the same command again") from None
-    stopped = [label for label, error in failures if isinstance(error, Interrupted)]
-    if stopped:  # Ctrl-C reached the row processes first: each saved a checkpoint
-        raise Interrupted(f"table {table.name} stopped; {', '.join(map(repr, stopped))} checkpointed and resume "
-                          "when the same command runs again; finished rows are kept")
-    if failures:
-        label, error = failures[0]
-        if isinstance(error, (UserError, Interrupted)):
-            raise type(error)(f"row {label!r}: {error}")
-        raise error
+        train_in_processes(table.name, pending, progress, parallel)
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:

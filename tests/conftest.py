@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import pickle
 
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+from gluon_tricks.paths import cores
+
+os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gluon_tricks.cli import recipes_root
+from seams import recipes_root
 from gluon_tricks.recipe import Recipe, content_hash, identity, load_recipe
 from gluon_tricks.tables import load_table, row_recipes, table_names
 from gluon_tricks.tricks import mixing

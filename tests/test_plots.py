@@ -39,7 +39,7 @@ def test_schedules_of_a_long_table_keep_every_curve_visible(tmp_path, monkeypatc
     """13 rows (Tables III and V): no two lines in a panel share a colour and dash pattern, no
     line hides an identical one, and every row is named in a legend."""
     from gluon_tricks import plots
-    from gluon_tricks.cli import recipes_root
+    from seams import recipes_root
     from gluon_tricks.tables import load_table, row_recipes
     from gluon_tricks.tricks.schedules import lr_curve
 
@@ -72,7 +72,7 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from gluon_tricks.cli import recipes_root
+    from seams import recipes_root
     from gluon_tricks.plots import plot_table, twin_rows
     from gluon_tricks.recipe import content_hash
     from gluon_tricks.tables import load_table, row_recipes

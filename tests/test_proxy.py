@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gluon_tricks._compat import tomllib
-from gluon_tricks.cli import recipes_root
+from seams import recipes_root
 from gluon_tricks.recipe import content_hash, load_recipe
 from gluon_tricks.results import find_result
 from gluon_tricks.tables import load_table, row_recipes

@@ -4,7 +4,7 @@ import pytest
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import (Recipe, content_hash, load_recipe, parse_override, recipe_from_dict,
                                  scale_epochs, to_toml, valid_keys)
-from gluon_tricks.cli import recipes_root
+from seams import recipes_root
 
 
 def write(p, text):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import gluon_tricks.engine as engine
-from gluon_tricks.cli import main, recipes_root
+from gluon_tricks.cli import main
+from seams import recipes_root
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import load_recipe
 from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, render, run_table, table_names

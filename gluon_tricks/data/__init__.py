@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.data.cifar import ImageSet, load_cifar
-from gluon_tricks.errors import UserError, mxnet_home
+from gluon_tricks.errors import UserError
+from gluon_tricks.paths import mxnet_home
 
 CIFAR_SETS = ("cifar10", "cifar100", "cifar10-mini", "cifar100-mini")
 

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gluon_tricks.errors import UserError, data_dir, mxnet_home, shown
+from gluon_tricks.errors import UserError, shown
+from gluon_tricks.paths import data_dir, mxnet_home
 
 # The real subsets' definitions shipped with the package: README (how each was cut, and
 # checked), SHA256SUMS of the files, and CIFAR-100's class names.

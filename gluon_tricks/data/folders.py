@@ -19,6 +19,7 @@ import numpy as np
 from gluon_tricks.data.loader import epoch_order
 from gluon_tricks.data.streams import trimmed_batches, val_resize
 from gluon_tricks.errors import UserError, shown
+from gluon_tricks.paths import cores
 
 
 class EpochSampler:
@@ -128,7 +129,7 @@ class GluonTrainStream:
         self.loader = mx.gluon.data.DataLoader(_SeededTransform(dataset, folder_transforms(spec, True),
                                                                 recipe.seed, self.sampler),
                                                batch_size=self.batch_size, sampler=self.sampler, last_batch="discard",
-                                               num_workers=os.cpu_count() or 1, thread_pool=True)
+                                               num_workers=cores(), thread_pool=True)
 
     def steps_per_epoch(self) -> int:
         return self.steps
@@ -226,7 +227,7 @@ class FolderTestStream:
         self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
         self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, False)),
                                                batch_size=spec.batch_size, shuffle=False, last_batch="keep",
-                                               num_workers=os.cpu_count() or 1, thread_pool=True)
+                                               num_workers=cores(), thread_pool=True)
 
     def __len__(self) -> int:
         return self.n

@@ -29,6 +29,7 @@ import numpy as np
 
 from gluon_tricks.data.streams import trimmed_batches, val_resize
 from gluon_tricks.errors import UserError, first_line, shown
+from gluon_tricks.paths import cores
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -145,7 +146,7 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
     record = mx.recordio.MXIndexedRecordIO(str(temps["idx"]), str(temps["rec"]), "w")
     jobs = [(str(src / rel), resize, quality) for _, rel in items]
     skipped = []
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cores()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -350,7 +351,7 @@ class RecordTrainStream:
             self.iter = mx.io.ImageRecordIter(
                 path_imgrec=str(rec), path_imgidx=str(idx), data_shape=(3, s, s), batch_size=self.batch_size,
                 shuffle=True, seed=recipe.seed, part_index=rank, num_parts=workers,
-                preprocess_threads=os.cpu_count() or 1, **augment, **iter_norm(spec))
+                preprocess_threads=cores(), **augment, **iter_norm(spec))
         except mx.MXNetError as e:
             raise _record_error(rec, e) from None
 
@@ -405,7 +406,7 @@ class RecordTestStream:
         s = self.spec.image_size
         it = mx.io.ImageRecordIter(path_imgrec=str(self.rec), path_imgidx=str(self.idx), data_shape=(3, s, s),
                                    batch_size=self.spec.batch_size, resize=val_resize(self.spec), shuffle=False,
-                                   round_batch=False, preprocess_threads=os.cpu_count() or 1,
+                                   round_batch=False, preprocess_threads=cores(),
                                    **iter_norm(self.spec))
         def padded():
             while True:

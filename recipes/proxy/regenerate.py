@@ -35,7 +35,7 @@ def gluon_tricks(*args: str) -> None:
 
 
 def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
-    from gluon_tricks.cli import recipes_root
+    from gluon_tricks.paths import recipes_root
     from gluon_tricks.engine import train
     from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, with_changes
     from gluon_tricks.results import RunDir, find_result, run_dir_for
@@ -72,7 +72,7 @@ def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
 
 
 def copy_results(runs: Path) -> int:
-    from gluon_tricks.cli import recipes_root
+    from gluon_tricks.paths import recipes_root
     from gluon_tricks.tables import collect, load_table
 
     dirs = set()
@@ -90,7 +90,7 @@ def copy_results(runs: Path) -> int:
 
 def coarse_beside_fine(runs: Path | None = None) -> str:
     """Markdown: each row's top-1 and top-5 on coarse labels beside fine labels (mean ± std, seeds)."""
-    from gluon_tricks.cli import recipes_root
+    from gluon_tricks.paths import recipes_root
     from gluon_tricks.plots import twin_rows
     from gluon_tricks.tables import collect, load_table
 
