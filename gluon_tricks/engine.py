@@ -255,6 +255,7 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
         rows = job.run.read_metrics() if job.dist.is_chief else []
         result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
                             job.train_images, len(job.test_stream))
+        result.update(teacher_scores(job))
         result.update(provenance(job.contexts))
         if job.dist.is_chief:
             job.run.write_result(result)
@@ -264,6 +265,18 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
         return result
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         job.run.unlock()
+
+
+def teacher_scores(job: Job) -> dict:
+    """A distilling run's teacher on the run's test set, seen as it sees the training batches
+    (in its own normalization): recorded in the result and printed under the table, so a weak
+    or mis-normalized teacher shows beside its students. One test pass, at the end of the run."""
+    step = job.step_loss
+    if not isinstance(step, DistillStep):
+        return {}
+    top1, top5 = evaluate(lambda x: step.teacher(step.teacher_input(x)), job.test_stream, job.contexts,
+                          job.recipe.model.dtype)
+    return {"teacher_top1": top1, "teacher_top5": top5}
 
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:

@@ -507,7 +507,8 @@ def teacher_identity(distill: dict) -> str:
     - a zoo name alone: the tag of the zoo's current weights (so a GluonCV release that
       publishes new weights gives a new identity);
     - a .params file: "sha256:<its digest>", so replacing the file gives a new identity and an
-      old result is never reused (a moved or renamed copy keeps its results);
+      old result is never reused (a moved or renamed copy keeps its results); "missing:<path>"
+      while the file does not exist;
     - a .params file exported from a recipe's run (`teacher_recipe`): the path, as given.
       Its bytes cannot be part of the identity: they do not exist before that recipe trains
       (a fresh clone has none, yet a table must find its committed rows), and the committed
@@ -530,8 +531,9 @@ def teacher_identity(distill: dict) -> str:
     if distill["teacher_recipe"]:
         return source
     if not path.is_file():
-        raise UserError(f"teacher file {shown(path)} not found: its content identifies the results distilled "
-                        "from it; give an existing .params file (or a zoo name) in distill.teacher")
+        # No result can have been trained from a file that is not there (loading it is refused),
+        # so this names none: its rows show "not run", and training one says the file is missing.
+        return f"missing:{source}"
     return f"sha256:{_file_sha256(path)}"
 
 
