@@ -1,8 +1,9 @@
 """The one training loop. Every recipe of every table runs through `train`.
 
-`train` reads as its parts: `_setup` (check every input, build the Job), `_restore`
+`train` reads as its parts: `_setup` (check every input, build the Setup), `_restore`
 (the trainer and the Position to continue from), `_train_epoch` per epoch, and
-`_summarize` (the result, a pure function of the metrics rows).
+`_summarize` (the result, a pure function of the metrics rows). Devices and data
+parallelism live in devices.py; the console (StopFlag, Progress) is at the end of this file.
 
 Per step (`_train_step`): a prefetched host batch (augmented images, integer labels)
 gets the recipe's smoothed targets, is split over the devices, and is mixed on each
@@ -32,61 +33,408 @@ from mxnet import autograd, gluon
 from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.loader import RNG_MIX, step_rng
+from gluon_tricks.data.streams import TestStream, TrainStream
+from gluon_tricks.devices import (Dist, HostReads, check_even_split, gather, make_dist, micro_batches, micro_slice,
+                                  parse_ctx)
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
+from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, provenance
 from gluon_tricks.tricks.distill import DistillStep, renormalization
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
 from gluon_tricks.tricks.optim import make_optimizer
-from gluon_tricks.tricks.precision import LossScaler, check_dtype, grads_finite
+from gluon_tricks.tricks.precision import LossScaler, check_dtype, checks_reduced, optimizer_step
 from gluon_tricks.tricks.schedules import lr_at, schedule_args
 from gluon_tricks.tricks.smoothing import smooth_targets
 
-def parse_ctx(text: str) -> list[mx.Context]:
-    """`auto`, `cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist.
-    `auto` is every GPU MXNet sees, or the CPU when it sees none (the CPU wheel, no driver)."""
-    if text.strip() == "auto":
-        gpus = mx.context.num_gpus()
-        return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
-    out = []
-    for part in text.replace(" ", "").split(","):
-        kind, _, ids = part.partition(":")
-        if kind not in ("cpu", "gpu"):
-            raise UserError(f"--ctx {text!r}: use auto, cpu, cpu:0,cpu:1 or gpu:0,...,gpu:7")
-        lo, _, hi = (ids or "0").partition("-")
-        try:
-            numbers = range(int(lo), int(hi or lo) + 1)
-        except ValueError:
-            raise UserError(f"--ctx {text!r}: device numbers must be integers, e.g. gpu:0,gpu:1 or gpu:0-7") from None
-        out += [mx.Context(kind, i) for i in numbers]
-    gpus = [c for c in out if c.device_type == "gpu"]
-    if gpus:
-        available = mx.context.num_gpus()
-        if max(c.device_id for c in gpus) >= available:
-            raise UserError(f"--ctx {text!r}: this machine has {available} GPU(s) visible to MXNet "
-                            "(a CPU-only mxnet wheel sees none); use --ctx cpu or install mxnet-cu112 (docs/gpu.md)")
-    return out
+
+def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          max_steps: int | None = None, params_out: Path | None = None) -> dict:
+    """Train `recipe` into `run_dir`; returns the result dict (also written to result.json).
+
+    `max_steps` stops (with a checkpoint, as Ctrl-C does) after that many steps of this
+    process. `params_out` also writes this worker's final parameters to
+    params_out/worker<rank>.params (every worker of a distributed job, not only rank 0)."""
+    try:
+        return _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out)
+    finally:
+        # Parameters and the Trainer reference each other: the finished run's network, optimizer
+        # states and kvstore buffers (GPU memory) would wait for a full collection otherwise.
+        gc.collect()
+
+
+def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
+    setup = _setup(recipe, run_dir, resume, overwrite, progress)
+    try:
+        position, trainer = _restore(setup, resume)
+        if setup.dist.is_chief:
+            setup.run.truncate_metrics(position.epoch)
+        if setup.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
+            print(f"devices: {', '.join(map(str, setup.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
+                  file=sys.stderr, flush=True)
+        with StopFlag(max_steps) as stop:
+            for epoch in range(position.epoch, recipe.epochs):
+                row = _train_epoch(setup, trainer, position, epoch, stop)
+                if row["top1"] > position.best["top1"]:
+                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+                position.next_epoch()
+                if setup.dist.is_chief:
+                    setup.run.append_metrics(row)
+                    _save(setup, trainer, position)
+                setup.progress.end(row)
+        rows = setup.run.read_metrics() if setup.dist.is_chief else []
+        result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
+                            setup.train_images, len(setup.test_stream))
+        result.update(teacher_scores(setup))
+        result.update(provenance(setup.contexts))
+        if setup.dist.is_chief:
+            setup.run.write_result(result)
+        if params_out is not None:
+            Path(params_out).mkdir(parents=True, exist_ok=True)
+            setup.net.save_parameters(str(Path(params_out) / f"worker{setup.dist.rank}.params"))
+        return result
+    finally:  # the run directory's lock (results.RunDir.lock) ends with the run
+        setup.run.unlock()
+
+
+def teacher_scores(setup: Setup) -> dict:
+    """A distilling run's teacher on the run's test set, seen as it sees the training batches
+    (in its own normalization): recorded in the result and printed under the table, so a weak
+    or mis-normalized teacher shows beside its students. One test pass, at the end of the run."""
+    step = setup.step_loss
+    if not isinstance(step, DistillStep):
+        return {}
+    top1, top5 = evaluate(lambda x: step.teacher(step.teacher_input(x)), setup.test_stream, setup.contexts,
+                          setup.recipe.model.dtype, setup.host_reads)
+    return {"teacher_top1": top1, "teacher_top5": top5}
 
 
 @dataclass
-class Dist:
-    """Where this process stands in a data-parallel job."""
-    kvstore: object = None
-    rank: int = 0
-    workers: int = 1
-    is_distributed: bool = False  # a dist_* kvstore: parameter servers hold the optimizer states
+class Setup:
+    """Everything a run fixes before its first step."""
+    recipe: Recipe
+    run: RunDir
+    recipe_hash: str
+    contexts: list[mx.Context]
+    dist: Dist
+    net: gluon.Block
+    train_stream: TrainStream
+    test_stream: TestStream
+    classes: int
+    train_images: int
+    step_loss: StudentLoss | DistillStep
+    mixer: Mixer
+    mix: gluon.HybridBlock | None  # MixBlock, or None when the recipe never mixes
+    scaler: LossScaler
+    progress: Progress
+    micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
+    host_reads: HostReads = field(default_factory=HostReads)  # this run's device-to-host reads
 
     @property
-    def is_chief(self) -> bool:
-        return self.rank == 0
+    def steps_per_epoch(self) -> int:
+        return self.train_stream.steps_per_epoch()
 
 
-def make_dist(kvstore_name: str) -> Dist:
-    if not kvstore_name.startswith("dist"):
-        return Dist(kvstore=kvstore_name)
-    kv = mx.kv.create(kvstore_name)
-    return Dist(kvstore=kv, rank=kv.rank, workers=kv.num_workers, is_distributed=True)
+def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Setup:
+    """Check every input (devices, data, model, teacher), then prepare the run directory."""
+    contexts = parse_ctx(recipe.system.ctx)
+    check_dtype(recipe.model.dtype, contexts)
+    if recipe.optim.loss_scale == "dynamic" and recipe.system.kvstore.startswith("dist"):
+        raise UserError("optim.loss_scale = \"dynamic\" cannot run with a distributed kvstore (the parameter "
+                        "servers apply every update, so no worker can skip an overflowing step); use a static "
+                        "scale such as \"1024\" (docs/gpu.md)")
+    dist = make_dist(recipe.system.kvstore)
+    run = RunDir(run_dir)
+    recipe_hash = recipe_mod.content_hash(recipe)
+
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
+    mx.random.seed(recipe.seed)
+    np.random.seed(recipe.seed)
+
+    micro = micro_batches(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
+    net = build_model(recipe, classes, contexts)
+    if micro > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
+        for p in net.collect_params().values():
+            if p.grad_req != "null":
+                p.grad_req = "add"
+    # static_alloc only: with static_shape=True as well, MXNet 1.9.1 (CPU, with or without
+    # oneDNN) trains a BatchNorm ResNet differently from the same graph without it, and saving
+    # the trainer's states perturbs the following steps (measured: weights 1.2 apart after six
+    # steps); static_alloc alone gives the plain graph's numbers exactly.
+    net.hybridize(static_alloc=True)
+    if recipe.distill.teacher:
+        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
+        d = recipe.distill
+        step_loss = DistillStep(teacher, d.temperature, d.soft_weight,
+                                renormalization(recipe.data.mean, recipe.data.std, d.teacher_mean, d.teacher_std))
+    else:
+        step_loss = StudentLoss()
+
+    if dist.is_chief:
+        run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
+
+    mixer = Mixer(recipe.mixup, recipe.epochs)
+    mix = mix_block(mixer.sources) if mixer.enabled else None
+    if mix is not None:
+        mix.hybridize(static_alloc=True, static_shape=True)
+    return Setup(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
+                 step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
+                 Progress(progress and dist.is_chief, recipe.epochs), micro)
+
+
+@dataclass
+class Position:
+    """Where training continues: the next epoch and step, the best epoch so far, and the
+    sums of the epoch so far when it stopped mid-way (a checkpoint's `partial_epoch`)."""
+    epoch: int = 0
+    step: int = 0
+    samples: int = 0  # images of every worker trained so far in this epoch
+    loss_sum: float = 0.0  # this worker's summed loss so far in this epoch
+    seconds: float = 0.0  # training time so far in this epoch
+    # the checkpoint's and result's form: {"top1", "top5", "epoch"}
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": 0.0, "epoch": -1})
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step, self.samples, self.loss_sum, self.seconds = self.epoch + 1, 0, 0, 0.0, 0.0
+
+    def partial_epoch(self) -> dict:
+        """The mid-epoch sums as a checkpoint stores them ({} at an epoch's start)."""
+        if self.step == 0:
+            return {}
+        return {"samples": self.samples, "loss_sum": self.loss_sum, "seconds": self.seconds}
+
+    def load_partial_epoch(self, partial: dict) -> None:
+        self.samples = partial.get("samples", 0)
+        self.loss_sum = partial.get("loss_sum", 0.0)
+        self.seconds = partial.get("seconds", 0.0)
+
+
+def _restore(setup: Setup, resume: bool) -> tuple[Position, gluon.Trainer]:
+    """The trainer, and where to continue: from the last good checkpoint when resuming."""
+    run, steps = setup.run, setup.steps_per_epoch
+    ckpt = run.latest_checkpoint() if resume else None
+    if resume and ckpt is None and any(run.checkpoints()):
+        raise UserError(f"no usable checkpoint in {run.ckpt_root}: every one is corrupt; start again with --overwrite")
+    position = Position()
+    if ckpt is not None:
+        position.epoch, position.step = ckpt.state["next_epoch"], ckpt.state["next_step"]
+    # A distributed kvstore cannot save optimizer states (they live on the servers): there
+    # the checkpoint keeps the parameters and the update count, and momentum starts afresh.
+    opt_name, opt_params = make_optimizer(setup.recipe, steps)
+    if ckpt is not None and setup.dist.is_distributed:
+        opt_params["begin_num_update"] = position.epoch * steps + position.step
+    trainer = gluon.Trainer(setup.net.collect_params(), opt_name, opt_params, kvstore=setup.dist.kvstore,
+                            update_on_kvstore=False if checks_reduced(setup.scaler, setup.contexts) else None)
+    # Parameter servers receive the optimizer pickled, and MXNet drops its param_dict there
+    # (Optimizer.__getstate__), i.e. every parameter's lr_mult/wd_mult (no bias decay): the same
+    # multipliers keyed by index survive the pickle.
+    trainer.optimizer.set_lr_mult({i: p.lr_mult for i, p in enumerate(trainer._params)})
+    trainer.optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(trainer._params)})
+    if ckpt is not None:
+        setup.net.load_parameters(str(ckpt.params), ctx=setup.contexts)
+        if not setup.dist.is_distributed:
+            trainer.load_states(str(ckpt.trainer_states))
+        setup.scaler.load(ckpt.state["scaler"])
+        position.best = ckpt.state["best"]
+        position.load_partial_epoch(ckpt.state.get("partial_epoch", {}))
+        print(f"resuming {run.path} at epoch {position.epoch + 1}, step {position.step} from {ckpt.path.name}",
+              file=sys.stderr)
+    return position, trainer
+
+
+def _save(setup: Setup, trainer, position: Position):
+    """A checkpoint from which training continues at `position` (the chief writes it)."""
+    if not setup.dist.is_chief:
+        return None
+
+    def save_trainer(path):
+        if setup.dist.is_distributed:
+            Path(path).write_text("optimizer states live on the parameter servers\n")
+        else:
+            trainer.save_states(path)
+
+    if not weights_finite(setup.net, setup.contexts[0], setup.host_reads):
+        # The loss guard sees a step's loss, computed before its update: the update of the
+        # last step before a save can still leave NaN/Inf weights. Never write those.
+        last = setup.run.latest_checkpoint(quiet=True)
+        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+        at = (f"after epoch {position.epoch}" if position.step == 0
+              else f"at epoch {position.epoch + 1}, step {position.step}")
+        raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
+                              "saved); lower optim.lr, add warm-up, or check the data")
+    state = {"scaler": setup.scaler.state(), "best": position.best, "seed": setup.recipe.seed,
+             "hash": setup.recipe_hash, "partial_epoch": position.partial_epoch()}
+    return setup.run.save_checkpoint(position.epoch, position.step, state, setup.net.save_parameters, save_trainer,
+                                     keep=setup.recipe.system.keep_checkpoints)
+
+
+def weights_finite(net, ctx, read) -> bool:
+    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
+    the device, one host read."""
+    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
+    return bool(read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
+
+
+def _train_epoch(setup: Setup, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
+    """Epoch `position.epoch` from `position.step` (a resumed one carries its sums in
+    `position`), then evaluation; the metrics row."""
+    recipe, contexts, read = setup.recipe, setup.contexts, setup.host_reads
+    setup.progress.start(epoch, setup.steps_per_epoch, position.step)
+    loss_sums = [mx.nd.zeros((1,), ctx=c) for c in contexts]
+    window = LossWindow(recipe.system.log_interval, read)
+    reads_before = read.count
+    t0 = time.perf_counter()
+    for step, x, labels in setup.train_stream.epoch(epoch, position.step):
+        losses = _train_step(setup, trainer, x, labels, epoch, step)
+        for total, loss in zip(loss_sums, losses):
+            total += loss
+        if window.add(step, losses[0]):
+            window.check(epoch, setup.run)
+        position.samples += x.shape[0] * setup.dist.workers
+        setup.progress.step()
+        if stop.after_step():
+            window.check(epoch, setup.run)
+            mx.nd.waitall()
+            position.step = step + 1
+            position.loss_sum += float(read(gather(loss_sums)).sum())
+            position.seconds += time.perf_counter() - t0
+            path = _save(setup, trainer, position)
+            raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
+                              f"continue with --resume")
+    window.check(epoch, setup.run)
+    mx.nd.waitall()
+    seconds = position.seconds + time.perf_counter() - t0
+    samples = position.samples
+    # loss_sums hold this worker's images, `samples` counts every worker's
+    train_loss = (position.loss_sum + float(read(gather(loss_sums)).sum())) / max(1, samples / setup.dist.workers)
+    top1, top5 = evaluate(setup.net, setup.test_stream, contexts, recipe.model.dtype, read)
+    steps = setup.steps_per_epoch
+    return {
+        "epoch": epoch,
+        "lr": lr_at((epoch + 1) * steps - 1, iters_per_epoch=steps, **schedule_args(recipe)),
+        "train_loss": train_loss,
+        "top1": top1,
+        "top5": top5,
+        "seconds": seconds,
+        "images_per_sec": samples / seconds if seconds > 0 else 0.0,
+        "skipped_steps": setup.scaler.skipped,
+        "mixing": setup.mixer.active(epoch),
+        "host_syncs": read.count - reads_before,
+    }
+
+
+def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list:
+    """smooth -> split over devices -> mix -> step loss -> backward -> update.
+    Returns each device's summed loss (still on the device)."""
+    recipe, contexts, scaler = setup.recipe, setup.contexts, setup.scaler
+    targets = smooth_targets(labels, setup.classes, recipe.smoothing.eps, recipe.smoothing.form)
+    images = gluon.utils.split_and_load(x, contexts)
+    targets = gluon.utils.split_and_load(targets, contexts)
+    plan = setup.mixer.plan(images[0].shape[0], x.shape[2], x.shape[3], epoch,
+                            step_rng(recipe.seed, epoch, step, RNG_MIX)) if setup.mix else None
+    if plan is not None:
+        mixed = [setup.mix(xd, yd, mx.nd.array(plan.index, ctx=xd.context), mx.nd.array(plan.masks, ctx=xd.context),
+                           mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(images, targets)]
+        images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
+    if recipe.model.dtype != "float32":
+        images = [xd.astype(recipe.model.dtype) for xd in images]
+    parts = setup.micro_batches
+    for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
+        xs, ys = (images, targets) if parts == 1 else \
+            ([micro_slice(a, part, parts) for a in images], [micro_slice(a, part, parts) for a in targets])
+        losses = setup.step_loss(setup.net, xs, ys)
+        scaled = losses
+        if scaler.scale != 1.0:
+            with autograd.record():  # the product joins the graph the step loss recorded
+                scaled = [loss * scaler.scale for loss in losses]
+        autograd.backward(scaled)
+        sums = [loss.sum() for loss in losses]
+        step_sums = sums if part == 0 else [a + b for a, b in zip(step_sums, sums)]
+    optimizer_step(trainer, scaler, contexts, recipe.data.batch_size, checks_reduced(scaler, contexts),
+                   read=setup.host_reads)
+    if parts > 1:
+        for p in trainer._params:
+            if p.grad_req != "null":
+                p.zero_grad()
+    return step_sums
+
+
+def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,
+               train_images: int, test_images: int) -> dict:
+    """The result of a finished run from its metrics rows (pure: no MXNet, no files)."""
+    last = rows[-1] if rows else {"top1": float("nan"), "top5": float("nan")}
+    return {
+        "name": recipe.name,
+        "hash": recipe_hash,
+        "final_top1": last["top1"],
+        "final_top5": last["top5"],
+        "best_top1": best["top1"],
+        "best_top5": best["top5"],
+        "best_epoch": best["epoch"],
+        "epochs": recipe.epochs,
+        "epochs_scale": recipe.epochs_scale,
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
+        "images_per_sec": float(np.mean([r["images_per_sec"] for r in rows])) if rows else 0.0,
+        "skipped_steps": skipped_steps,
+        "seed": recipe.seed,
+        "workers": workers,
+        "train_images": train_images,
+        "test_images": test_images,
+    }
+
+
+def evaluate(net, test_stream, contexts, dtype: str, read) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) on a whole test stream; one host read at the end."""
+    correct1 = [mx.nd.zeros((1,), ctx=c) for c in contexts]
+    correct5 = [mx.nd.zeros((1,), ctx=c) for c in contexts]
+    n = 0
+    for x, y in test_stream.batches():
+        n += len(y)
+        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
+        ys = gluon.utils.split_and_load(np.asarray(y, dtype=np.float32), contexts, even_split=False)
+        for i, (xd, yd) in enumerate(zip(xs, ys)):
+            out = net(xd.astype(dtype) if dtype != "float32" else xd).astype("float32")
+            k = min(5, out.shape[1])
+            top = mx.nd.topk(out, k=k, axis=1)  # (n, k) class indices, best first
+            hit = top == yd.reshape((-1, 1))
+            correct1[i] += hit[:, 0].sum()
+            correct5[i] += hit.sum()
+    c1, c5 = read(mx.nd.concat(*[mx.nd.concat(a, b, dim=0).as_in_context(contexts[0])
+                                  for a, b in zip(correct1, correct5)], dim=0)).reshape(-1, 2).sum(axis=0)
+    return 100.0 * c1 / n, 100.0 * c5 / n
+
+
+class LossWindow:
+    """The last few steps' losses, kept on the device and read in one go.
+
+    Reading a loss every step would make the host wait for the device each step;
+    reading every `interval` steps keeps the device fed, bounds how far Python runs
+    ahead of it (queued inputs hold memory), and still names the exact step whose
+    loss first became NaN/Inf."""
+
+    def __init__(self, interval: int, read):
+        self.interval = max(1, interval)
+        self.read = read  # the run's counted host reader (devices.HostReads)
+        self.steps, self.losses = [], []
+
+    def add(self, step: int, loss) -> bool:
+        self.steps.append(step)
+        self.losses.append(loss.reshape((1,)))
+        return len(self.steps) >= self.interval
+
+    def check(self, epoch: int, run) -> None:
+        if not self.steps:
+            return
+        values = self.read(gather(self.losses))
+        steps, self.steps, self.losses = self.steps, [], []
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            last = run.latest_checkpoint(quiet=True)
+            where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
+            raise DivergenceError(f"loss is {values[bad[0]]} at epoch {epoch + 1}, step {steps[bad[0]]}: "
+                                  f"training diverged ({where}); lower optim.lr, add warm-up, or check the data")
 
 
 class StopFlag:
@@ -160,441 +508,3 @@ class Progress:
             print(f"epoch {row['epoch'] + 1:>3}/{self.total}  loss {row['train_loss']:.4f}  "
                   f"top1 {row['top1']:.2f}  top5 {row['top5']:.2f}  lr {row['lr']:.5f}  "
                   f"{row['seconds']:.1f}s  {row['images_per_sec']:.0f} img/s", flush=True)
-
-
-def evaluate(net, test_stream, contexts, dtype: str) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) on a whole test stream; one host read at the end."""
-    correct1 = [mx.nd.zeros((1,), ctx=c) for c in contexts]
-    correct5 = [mx.nd.zeros((1,), ctx=c) for c in contexts]
-    n = 0
-    for x, y in test_stream.batches():
-        n += len(y)
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(np.asarray(y, dtype=np.float32), contexts, even_split=False)
-        for i, (xd, yd) in enumerate(zip(xs, ys)):
-            out = net(xd.astype(dtype) if dtype != "float32" else xd).astype("float32")
-            k = min(5, out.shape[1])
-            top = mx.nd.topk(out, k=k, axis=1)  # (n, k) class indices, best first
-            hit = top == yd.reshape((-1, 1))
-            correct1[i] += hit[:, 0].sum()
-            correct5[i] += hit.sum()
-    c1, c5 = host_read(mx.nd.concat(*[mx.nd.concat(a, b, dim=0).as_in_context(contexts[0])
-                                       for a, b in zip(correct1, correct5)], dim=0)).reshape(-1, 2).sum(axis=0)
-    return 100.0 * c1 / n, 100.0 * c5 / n
-
-
-@dataclass
-class Job:
-    """Everything a run fixes before its first step."""
-    recipe: object
-    run: RunDir
-    recipe_hash: str
-    contexts: list
-    dist: Dist
-    net: object
-    train_stream: object
-    test_stream: object
-    classes: int
-    train_images: int
-    step_loss: object
-    mixer: Mixer
-    mix: object  # MixBlock, or None when the recipe never mixes
-    scaler: LossScaler
-    progress: Progress
-    micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.train_stream.steps_per_epoch()
-
-
-@dataclass
-class Position:
-    """Where training continues: the next epoch and step, the best epoch so far, and the
-    sums of an epoch interrupted mid-way (samples, loss_sum, seconds)."""
-    epoch: int = 0
-    step: int = 0
-    best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": 0.0, "epoch": -1})
-    partial: dict = field(default_factory=dict)
-
-
-def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          max_steps: int | None = None, params_out: Path | None = None) -> dict:
-    """Train `recipe` into `run_dir`; returns the result dict (also written to result.json).
-
-    `max_steps` stops (with a checkpoint, as Ctrl-C does) after that many steps of this
-    process. `params_out` also writes this worker's final parameters to
-    params_out/worker<rank>.params (every worker of a distributed job, not only rank 0)."""
-    try:
-        return _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out)
-    finally:
-        # Parameters and the Trainer reference each other: the finished run's network, optimizer
-        # states and kvstore buffers (GPU memory) would wait for a full collection otherwise.
-        gc.collect()
-
-
-def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
-    job = _setup(recipe, run_dir, resume, overwrite, progress)
-    try:
-        position, trainer = _restore(job, resume)
-        if job.dist.is_chief:
-            job.run.truncate_metrics(position.epoch)
-        if job.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
-            print(f"devices: {', '.join(map(str, job.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
-                  file=sys.stderr, flush=True)
-        with StopFlag(max_steps) as stop:
-            for epoch in range(position.epoch, recipe.epochs):
-                row = _train_epoch(job, trainer, position, epoch, stop)
-                if row["top1"] > position.best["top1"]:
-                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-                position.epoch, position.step, position.partial = epoch + 1, 0, {}
-                if job.dist.is_chief:
-                    job.run.append_metrics(row)
-                    _save(job, trainer, position)
-                job.progress.end(row)
-        rows = job.run.read_metrics() if job.dist.is_chief else []
-        result = _summarize(recipe, job.recipe_hash, rows, position.best, job.scaler.skipped, job.dist.workers,
-                            job.train_images, len(job.test_stream))
-        result.update(teacher_scores(job))
-        result.update(provenance(job.contexts))
-        if job.dist.is_chief:
-            job.run.write_result(result)
-        if params_out is not None:
-            Path(params_out).mkdir(parents=True, exist_ok=True)
-            job.net.save_parameters(str(Path(params_out) / f"worker{job.dist.rank}.params"))
-        return result
-    finally:  # the run directory's lock (results.RunDir.lock) ends with the run
-        job.run.unlock()
-
-
-def teacher_scores(job: Job) -> dict:
-    """A distilling run's teacher on the run's test set, seen as it sees the training batches
-    (in its own normalization): recorded in the result and printed under the table, so a weak
-    or mis-normalized teacher shows beside its students. One test pass, at the end of the run."""
-    step = job.step_loss
-    if not isinstance(step, DistillStep):
-        return {}
-    top1, top5 = evaluate(lambda x: step.teacher(step.teacher_input(x)), job.test_stream, job.contexts,
-                          job.recipe.model.dtype)
-    return {"teacher_top1": top1, "teacher_top5": top5}
-
-
-def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Job:
-    """Check every input (devices, data, model, teacher), then prepare the run directory."""
-    contexts = parse_ctx(recipe.system.ctx)
-    check_dtype(recipe.model.dtype, contexts)
-    if recipe.optim.loss_scale == "dynamic" and recipe.system.kvstore.startswith("dist"):
-        raise UserError("optim.loss_scale = \"dynamic\" cannot run with a distributed kvstore (the parameter "
-                        "servers apply every update, so no worker can skip an overflowing step); use a static "
-                        "scale such as \"1024\" (docs/gpu.md)")
-    dist = make_dist(recipe.system.kvstore)
-    run = RunDir(run_dir)
-    recipe_hash = recipe_mod.content_hash(recipe)
-
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
-    if dist.workers > 1 or len(contexts) > 1:
-        parts = dist.workers * len(contexts)
-        if recipe.data.batch_size % parts:
-            raise UserError(f"data.batch_size {recipe.data.batch_size} does not split evenly over "
-                            f"{dist.workers} worker(s) x {len(contexts)} device(s)")
-    mx.random.seed(recipe.seed)
-    np.random.seed(recipe.seed)
-
-    micro = micro_batches(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
-    net = build_model(recipe, classes, contexts)
-    if micro > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
-        for p in net.collect_params().values():
-            if p.grad_req != "null":
-                p.grad_req = "add"
-    # static_alloc only: with static_shape=True as well, MXNet 1.9.1 (CPU, with or without
-    # oneDNN) trains a BatchNorm ResNet differently from the same graph without it, and saving
-    # the trainer's states perturbs the following steps (measured: weights 1.2 apart after six
-    # steps); static_alloc alone gives the plain graph's numbers exactly.
-    net.hybridize(static_alloc=True)
-    if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        d = recipe.distill
-        step_loss = DistillStep(teacher, d.temperature, d.soft_weight,
-                                renormalization(recipe.data.mean, recipe.data.std, d.teacher_mean, d.teacher_std))
-    else:
-        step_loss = StudentLoss()
-
-    if dist.is_chief:
-        run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
-
-    mixer = Mixer(recipe.mixup, recipe.epochs)
-    mix = mix_block(mixer.sources) if mixer.enabled else None
-    if mix is not None:
-        mix.hybridize(static_alloc=True, static_shape=True)
-    return Job(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
-               step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
-               Progress(progress and dist.is_chief, recipe.epochs), micro)
-
-
-def _restore(job: Job, resume: bool) -> tuple[Position, gluon.Trainer]:
-    """The trainer, and where to continue: from the last good checkpoint when resuming."""
-    run, steps = job.run, job.steps_per_epoch
-    ckpt = run.latest_checkpoint() if resume else None
-    if resume and ckpt is None and any(run.checkpoints()):
-        raise UserError(f"no usable checkpoint in {run.ckpt_root}: every one is corrupt; start again with --overwrite")
-    position = Position()
-    if ckpt is not None:
-        position.epoch, position.step = ckpt.state["next_epoch"], ckpt.state["next_step"]
-    # A distributed kvstore cannot save optimizer states (they live on the servers): there
-    # the checkpoint keeps the parameters and the update count, and momentum starts afresh.
-    opt_name, opt_params = make_optimizer(job.recipe, steps)
-    if ckpt is not None and job.dist.is_distributed:
-        opt_params["begin_num_update"] = position.epoch * steps + position.step
-    # Dynamic loss scaling must judge the gradient the update will use: the sum over the devices,
-    # where float16 overflows first. So with several devices the reduction runs apart from the
-    # update (as MXNet's AMP does), and every device sees the same sum and takes the same decision.
-    trainer = gluon.Trainer(job.net.collect_params(), opt_name, opt_params, kvstore=job.dist.kvstore,
-                            update_on_kvstore=False if _checks_reduced(job) else None)
-    # Parameter servers receive the optimizer pickled, and MXNet drops its param_dict there
-    # (Optimizer.__getstate__), i.e. every parameter's lr_mult/wd_mult (no bias decay): the same
-    # multipliers keyed by index survive the pickle.
-    trainer.optimizer.set_lr_mult({i: p.lr_mult for i, p in enumerate(trainer._params)})
-    trainer.optimizer.set_wd_mult({i: p.wd_mult for i, p in enumerate(trainer._params)})
-    if ckpt is not None:
-        job.net.load_parameters(str(ckpt.params), ctx=job.contexts)
-        if not job.dist.is_distributed:
-            trainer.load_states(str(ckpt.trainer_states))
-        job.scaler.load(ckpt.state["scaler"])
-        position.best = ckpt.state["best"]
-        position.partial = ckpt.state.get("partial_epoch", {})
-        print(f"resuming {run.path} at epoch {position.epoch + 1}, step {position.step} from {ckpt.path.name}",
-              file=sys.stderr)
-    return position, trainer
-
-
-def _save(job: Job, trainer, position: Position):
-    """A checkpoint from which training continues at `position` (the chief writes it)."""
-    if not job.dist.is_chief:
-        return None
-
-    def save_trainer(path):
-        if job.dist.is_distributed:
-            Path(path).write_text("optimizer states live on the parameter servers\n")
-        else:
-            trainer.save_states(path)
-
-    if not weights_finite(job.net, job.contexts[0]):
-        # The loss guard sees a step's loss, computed before its update: the update of the
-        # last step before a save can still leave NaN/Inf weights. Never write those.
-        last = job.run.latest_checkpoint(quiet=True)
-        where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
-        at = (f"after epoch {position.epoch}" if position.step == 0
-              else f"at epoch {position.epoch + 1}, step {position.step}")
-        raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
-                              "saved); lower optim.lr, add warm-up, or check the data")
-    state = {"scaler": job.scaler.state(), "best": position.best, "seed": job.recipe.seed, "hash": job.recipe_hash,
-             "partial_epoch": position.partial}
-    return job.run.save_checkpoint(position.epoch, position.step, state, job.net.save_parameters, save_trainer,
-                                   keep=job.recipe.system.keep_checkpoints)
-
-
-def weights_finite(net, ctx) -> bool:
-    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
-    the device, one host read."""
-    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
-    return bool(host_read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
-
-
-def _train_epoch(job: Job, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
-    """One epoch (from `position.step` when it resumes one), then evaluation; the metrics row."""
-    recipe, contexts = job.recipe, job.contexts
-    resumed = position.partial if epoch == position.epoch else {}
-    first = position.step if epoch == position.epoch else 0
-    samples, seconds = resumed.get("samples", 0), resumed.get("seconds", 0.0)
-    carried_loss = resumed.get("loss_sum", 0.0)
-    job.progress.start(epoch, job.steps_per_epoch, first)
-    loss_sums = [mx.nd.zeros((1,), ctx=c) for c in contexts]
-    window = LossWindow(recipe.system.log_interval)
-    reads_before = HOST_READS["count"]
-    t0 = time.perf_counter()
-    for step, x, labels in job.train_stream.epoch(epoch, first):
-        losses = _train_step(job, trainer, x, labels, epoch, step)
-        for total, loss in zip(loss_sums, losses):
-            total += loss
-        if window.add(step, losses[0]):
-            window.check(epoch, job.run)
-        samples += x.shape[0] * job.dist.workers
-        job.progress.step()
-        if stop.after_step():
-            window.check(epoch, job.run)
-            mx.nd.waitall()
-            loss_sum = carried_loss + float(host_read(_gather(loss_sums)).sum())
-            position.epoch, position.step = epoch, step + 1
-            position.partial = {"samples": samples, "loss_sum": loss_sum,
-                                "seconds": seconds + time.perf_counter() - t0}
-            path = _save(job, trainer, position)
-            raise Interrupted(f"stopped at epoch {epoch + 1}, step {step + 1}; checkpoint {path}; "
-                              f"continue with --resume")
-    window.check(epoch, job.run)
-    mx.nd.waitall()
-    seconds += time.perf_counter() - t0
-    # loss_sums hold this worker's images, `samples` counts every worker's
-    train_loss = (carried_loss + float(host_read(_gather(loss_sums)).sum())) / max(1, samples / job.dist.workers)
-    top1, top5 = evaluate(job.net, job.test_stream, contexts, recipe.model.dtype)
-    steps = job.steps_per_epoch
-    return {
-        "epoch": epoch,
-        "lr": lr_at((epoch + 1) * steps - 1, iters_per_epoch=steps, **schedule_args(recipe)),
-        "train_loss": train_loss,
-        "top1": top1,
-        "top5": top5,
-        "seconds": seconds,
-        "images_per_sec": samples / seconds if seconds > 0 else 0.0,
-        "skipped_steps": job.scaler.skipped,
-        "mixing": job.mixer.active(epoch),
-        "host_syncs": HOST_READS["count"] - reads_before,
-    }
-
-
-def _train_step(job: Job, trainer, x, labels, epoch: int, step: int) -> list:
-    """smooth -> split over devices -> mix -> step loss -> backward -> update.
-    Returns each device's summed loss (still on the device)."""
-    recipe, contexts, scaler = job.recipe, job.contexts, job.scaler
-    targets = smooth_targets(labels, job.classes, recipe.smoothing.eps, recipe.smoothing.form)
-    images = gluon.utils.split_and_load(x, contexts)
-    targets = gluon.utils.split_and_load(targets, contexts)
-    plan = job.mixer.plan(images[0].shape[0], x.shape[2], x.shape[3], epoch,
-                          step_rng(recipe.seed, epoch, step, RNG_MIX)) if job.mix else None
-    if plan is not None:
-        mixed = [job.mix(xd, yd, mx.nd.array(plan.index, ctx=xd.context), mx.nd.array(plan.masks, ctx=xd.context),
-                         mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(images, targets)]
-        images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
-    if recipe.model.dtype != "float32":
-        images = [xd.astype(recipe.model.dtype) for xd in images]
-    parts = job.micro_batches
-    for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
-        xs, ys = (images, targets) if parts == 1 else \
-            ([_micro(a, part, parts) for a in images], [_micro(a, part, parts) for a in targets])
-        losses = job.step_loss(job.net, xs, ys)
-        scaled = losses
-        if scaler.scale != 1.0:
-            with autograd.record():  # the product joins the graph the step loss recorded
-                scaled = [loss * scaler.scale for loss in losses]
-        autograd.backward(scaled)
-        sums = [loss.sum() for loss in losses]
-        step_sums = sums if part == 0 else [a + b for a, b in zip(step_sums, sums)]
-    optimizer_step(trainer, scaler, contexts, recipe.data.batch_size, _checks_reduced(job))
-    if parts > 1:
-        for p in trainer._params:
-            if p.grad_req != "null":
-                p.zero_grad()
-    return step_sums
-
-
-def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:
-    """Passes each device makes per optimizer step so that it never holds more than
-    `device_batch` images at once (0: no cap); the recipe's global batch is kept."""
-    per_device = batch_size // (workers * devices)
-    if not device_batch or per_device <= device_batch:
-        return 1
-    if per_device % device_batch:
-        divisor = max(d for d in range(1, device_batch + 1) if per_device % d == 0)
-        raise UserError(f"system.device_batch {device_batch} does not divide the {per_device} images each device "
-                        f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
-                        f"device(s)); use a divisor such as {divisor}")
-    return per_device // device_batch
-
-
-def _micro(array, part: int, parts: int):
-    n = array.shape[0] // parts
-    return array[part * n:(part + 1) * n]
-
-
-def _checks_reduced(job: Job) -> bool:
-    return job.scaler.dynamic and len(job.contexts) > 1
-
-
-def optimizer_step(trainer, scaler, contexts, global_batch: int, check_reduced: bool) -> bool:
-    """One update from the (loss-scaled) gradients of `global_batch` images; False when dynamic
-    loss scaling skips it. With `check_reduced` (dynamic scaling on several devices, a Trainer
-    with update_on_kvstore=False) the overflow check runs on the summed gradient, which every
-    device holds after the reduction, so every device takes the same decision."""
-    if not scaler.dynamic:
-        trainer.step(global_batch * scaler.scale)
-        return True
-    if check_reduced:
-        trainer.allreduce_grads()
-        overflow = not grads_finite(trainer._params, contexts[:1])
-    else:
-        overflow = not grads_finite(trainer._params, contexts)
-    if not scaler.update(overflow=overflow):
-        return False
-    if check_reduced:
-        trainer.update(global_batch * scaler.scale)
-    else:
-        trainer.step(global_batch * scaler.scale)
-    return True
-
-
-def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,
-               train_images: int, test_images: int) -> dict:
-    """The result of a finished run from its metrics rows (pure: no MXNet, no files)."""
-    last = rows[-1] if rows else {"top1": float("nan"), "top5": float("nan")}
-    return {
-        "name": recipe.name,
-        "hash": recipe_hash,
-        "final_top1": last["top1"],
-        "final_top5": last["top5"],
-        "best_top1": best["top1"],
-        "best_top5": best["top5"],
-        "best_epoch": best["epoch"],
-        "epochs": recipe.epochs,
-        "epochs_scale": recipe.epochs_scale,
-        "seconds_per_epoch": float(np.mean([r["seconds"] for r in rows])) if rows else 0.0,
-        "images_per_sec": float(np.mean([r["images_per_sec"] for r in rows])) if rows else 0.0,
-        "skipped_steps": skipped_steps,
-        "seed": recipe.seed,
-        "workers": workers,
-        "train_images": train_images,
-        "test_images": test_images,
-    }
-
-
-HOST_READS = {"count": 0}  # every device-to-host read of the loop, for metrics and bench/
-
-
-def host_read(array) -> np.ndarray:
-    """The one way the loop reads device values: counted, so syncs per epoch are known."""
-    HOST_READS["count"] += 1
-    return array.asnumpy()
-
-
-def _gather(arrays):
-    """Concatenate small per-device arrays on the first one's device (one read instead of many)."""
-    first = arrays[0].context
-    return mx.nd.concat(*[a.reshape((-1,)).as_in_context(first) for a in arrays], dim=0)
-
-
-class LossWindow:
-    """The last few steps' losses, kept on the device and read in one go.
-
-    Reading a loss every step would make the host wait for the device each step;
-    reading every `interval` steps keeps the device fed, bounds how far Python runs
-    ahead of it (queued inputs hold memory), and still names the exact step whose
-    loss first became NaN/Inf."""
-
-    def __init__(self, interval: int):
-        self.interval = max(1, interval)
-        self.steps, self.losses = [], []
-
-    def add(self, step: int, loss) -> bool:
-        self.steps.append(step)
-        self.losses.append(loss.reshape((1,)))
-        return len(self.steps) >= self.interval
-
-    def check(self, epoch: int, run) -> None:
-        if not self.steps:
-            return
-        values = host_read(_gather(self.losses))
-        steps, self.steps, self.losses = self.steps, [], []
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            last = run.latest_checkpoint(quiet=True)
-            where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
-            raise DivergenceError(f"loss is {values[bad[0]]} at epoch {epoch + 1}, step {steps[bad[0]]}: "
-                                  f"training diverged ({where}); lower optim.lr, add warm-up, or check the data")

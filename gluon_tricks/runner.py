@@ -74,7 +74,7 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def _row_devices(ctx_text: str) -> list[str]:
-    from gluon_tricks.engine import parse_ctx
+    from gluon_tricks.devices import parse_ctx
 
     return [f"{c.device_type}:{c.device_id}" for c in parse_ctx(ctx_text)]
 

@@ -18,7 +18,8 @@ from gluon_tricks.errors import UserError, shown
 
 def score(source: str, model: str = "", data: str = "", overrides=(), ctx: str = "auto") -> dict:
     """{"top1", "top5", "images", "source", "data", "dataset"} of `source` on `data`'s test set."""
-    from gluon_tricks.engine import evaluate, parse_ctx
+    from gluon_tricks.devices import HostReads, parse_ctx
+    from gluon_tricks.engine import evaluate
     from gluon_tricks.models import build_model, load_teacher
     from gluon_tricks.paths import find_recipe
     from gluon_tricks.recipe import DistillSpec, load_recipe, recipe_from_dict, with_changes
@@ -55,7 +56,7 @@ def score(source: str, model: str = "", data: str = "", overrides=(), ctx: str =
                             "e.g. --model cifar_resnet20_v1")
         net = load_teacher(DistillSpec(teacher=source, teacher_model=model), classes, contexts)
         dtype = "float32"
-    top1, top5 = evaluate(net, test, contexts, dtype)
+    top1, top5 = evaluate(net, test, contexts, dtype, HostReads())
     return {"source": str(source), "model": model or (trained.model.name if is_run else source.split(":")[0]),
             "data": recipe.name, "dataset": recipe.data.dataset, "images": len(test),
             "top1": top1, "top5": top5, "mean": recipe.data.mean, "std": recipe.data.std}

@@ -11,9 +11,11 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from gluon_tricks.data.augment import CifarAugment  # noqa: F401
+from gluon_tricks.devices import micro_batches, parse_ctx  # noqa: F401
 from gluon_tricks.paths import recipes_root  # noqa: F401
 from gluon_tricks.tricks.optim import make_optimizer  # noqa: F401
 from gluon_tricks.tricks.mixing import Mixer  # noqa: F401
+from gluon_tricks.tricks.precision import optimizer_step  # noqa: F401
 
 
 class StopRun(Exception):

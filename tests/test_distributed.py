@@ -207,7 +207,7 @@ def test_accumulated_micro_batches_equal_the_whole_batch(tmp_path, monkeypatch):
 
 
 def test_device_batch_must_divide_each_devices_share():
-    from gluon_tricks.engine import micro_batches
+    from seams import micro_batches
     from gluon_tricks.errors import UserError
 
     assert micro_batches(256, 1, 8, 32) == 1 and micro_batches(256, 1, 1, 32) == 8 and micro_batches(1024, 2, 4, 0) == 1
@@ -218,7 +218,7 @@ def test_device_batch_must_divide_each_devices_share():
 def _two_device_step(inject):
     """One dynamic-loss-scaled step of a Dense layer on cpu(0) and cpu(1) after `inject`
     (device index -> value written into one gradient entry)."""
-    from gluon_tricks.engine import optimizer_step
+    from seams import optimizer_step
     from gluon_tricks.tricks.precision import LossScaler
 
     ctxs = [mx.cpu(0), mx.cpu(1)]
@@ -262,7 +262,7 @@ def test_dynamic_loss_scaling_is_refused_with_a_distributed_kvstore(tmp_path):
 
 
 def test_ctx_auto_is_every_gpu_or_the_cpu(monkeypatch, tmp_path, capsys):
-    from gluon_tricks.engine import parse_ctx
+    from seams import parse_ctx
 
     assert recipe_from_dict({}).system.ctx == "auto"
     assert parse_ctx("auto") == ([mx.gpu(i) for i in range(mx.context.num_gpus())] or [mx.cpu()])

@@ -6,7 +6,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gluon_tricks.engine import parse_ctx, train
+from gluon_tricks.engine import train
+from seams import parse_ctx
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import recipe_from_dict
 
@@ -87,3 +88,18 @@ def test_ctx_parsing_and_missing_gpu():
         parse_ctx(f"gpu:{mx.context.num_gpus()}")  # one past the last GPU MXNet sees (gpu:0 on CPU)
     with pytest.raises(UserError, match="--ctx"):
         parse_ctx("tpu:0")
+
+
+def test_dynamic_loss_scalings_overflow_check_is_a_counted_host_sync(tmp_path, monkeypatch):
+    """Dynamic loss scaling must read an overflow verdict before every update (the engine's one
+    per-step sync): the metrics' host_syncs counts it, one more read per step than without."""
+    import seams
+
+    seams.linear_zoo(monkeypatch)
+    syncs = {}
+    for scale in ("none", "dynamic"):
+        recipe = recipe_from_dict(seams.tiny(name=scale, optim={"loss_scale": scale}))  # 64 images, batch 16
+        train(recipe, tmp_path / scale, progress=False)
+        (row,) = [json.loads(l) for l in (tmp_path / scale / "metrics.jsonl").read_text().splitlines()]
+        syncs[scale] = row["host_syncs"]
+    assert syncs["dynamic"] - syncs["none"] == 4

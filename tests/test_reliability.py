@@ -226,11 +226,11 @@ def test_nan_from_the_cli_is_one_line_exit_2(tmp_path):
 
 def test_dynamic_loss_scaling_skips_and_counts_overflow(tmp_path, monkeypatch):
     """float16 cannot run on this CPU; the skip path is the same for any overflow."""
-    import gluon_tricks.engine as engine
+    import gluon_tricks.tricks.precision as precision
 
     r, _ = tiny(tmp_path, epochs=1, optim={"loss_scale": "dynamic"})
     verdicts = iter([False, True] * 100)
-    monkeypatch.setattr(engine, "grads_finite", lambda params, ctxs: next(verdicts))
+    monkeypatch.setattr(precision, "grads_finite", lambda params, ctxs, read=None: next(verdicts))
     steps = []
     real_step = mx.gluon.Trainer.step
     monkeypatch.setattr(mx.gluon.Trainer, "step", lambda self, bs, **k: (steps.append(bs), real_step(self, bs, **k)))

@@ -92,7 +92,7 @@ def finite_flags(params, ctx_list):
 
 def grads_finite(params, ctx_list, read=None) -> bool:
     """True if every gradient on every device is finite: fused checks on the devices and
-    one host read for all of them (`read`: the caller's counted reader, e.g. engine.host_read)."""
+    one host read for all of them (`read`: the caller's counted reader, devices.HostReads)."""
     import mxnet as mx
 
     flags = finite_flags(params, ctx_list)
@@ -101,3 +101,34 @@ def grads_finite(params, ctx_list, read=None) -> bool:
     both = mx.nd.concat(*flags, dim=0)
     values = read(both) if read is not None else both.asnumpy()
     return bool(values.min() > 0)
+
+
+def checks_reduced(scaler: LossScaler, contexts) -> bool:
+    """Dynamic loss scaling must judge the gradient the update will use: the sum over the
+    devices, where float16 overflows first. So with several devices the reduction runs apart
+    from the update (as MXNet's AMP does; the Trainer needs update_on_kvstore=False), and every
+    device sees the same sum and takes the same decision."""
+    return scaler.dynamic and len(contexts) > 1
+
+
+def optimizer_step(trainer, scaler: LossScaler, contexts, global_batch: int, check_reduced: bool,
+                   read=None) -> bool:
+    """One update from the (loss-scaled) gradients of `global_batch` images; False when dynamic
+    loss scaling skips it. With `check_reduced` (see checks_reduced) the overflow check runs on
+    the summed gradient, which every device holds after the reduction. `read` is the caller's
+    counted host reader for the overflow verdict (devices.HostReads)."""
+    if not scaler.dynamic:
+        trainer.step(global_batch * scaler.scale)
+        return True
+    if check_reduced:
+        trainer.allreduce_grads()
+        overflow = not grads_finite(trainer._params, contexts[:1], read=read)
+    else:
+        overflow = not grads_finite(trainer._params, contexts, read=read)
+    if not scaler.update(overflow=overflow):
+        return False
+    if check_reduced:
+        trainer.update(global_batch * scaler.scale)
+    else:
+        trainer.step(global_batch * scaler.scale)
+    return True

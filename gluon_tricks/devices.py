@@ -1,0 +1,103 @@
+"""Devices and data parallelism: the contexts a run uses, where this process stands in a
+distributed job, how each device's share of a batch is cut, and the one counted way the
+training loop reads a device value on the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mxnet as mx
+import numpy as np
+
+from gluon_tricks.errors import UserError
+
+
+def parse_ctx(text: str) -> list[mx.Context]:
+    """`auto`, `cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist.
+    `auto` is every GPU MXNet sees, or the CPU when it sees none (the CPU wheel, no driver)."""
+    if text.strip() == "auto":
+        gpus = mx.context.num_gpus()
+        return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
+    out = []
+    for part in text.replace(" ", "").split(","):
+        kind, _, ids = part.partition(":")
+        if kind not in ("cpu", "gpu"):
+            raise UserError(f"--ctx {text!r}: use auto, cpu, cpu:0,cpu:1 or gpu:0,...,gpu:7")
+        lo, _, hi = (ids or "0").partition("-")
+        try:
+            numbers = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            raise UserError(f"--ctx {text!r}: device numbers must be integers, e.g. gpu:0,gpu:1 or gpu:0-7") from None
+        out += [mx.Context(kind, i) for i in numbers]
+    gpus = [c for c in out if c.device_type == "gpu"]
+    if gpus:
+        available = mx.context.num_gpus()
+        if max(c.device_id for c in gpus) >= available:
+            raise UserError(f"--ctx {text!r}: this machine has {available} GPU(s) visible to MXNet "
+                            "(a CPU-only mxnet wheel sees none); use --ctx cpu or install mxnet-cu112 (docs/gpu.md)")
+    return out
+
+
+@dataclass
+class Dist:
+    """Where this process stands in a data-parallel job."""
+    kvstore: object = None  # a kvstore name, or the dist_* KVStore object
+    rank: int = 0
+    workers: int = 1
+    is_distributed: bool = False  # a dist_* kvstore: parameter servers hold the optimizer states
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def make_dist(kvstore_name: str) -> Dist:
+    if not kvstore_name.startswith("dist"):
+        return Dist(kvstore=kvstore_name)
+    kv = mx.kv.create(kvstore_name)
+    return Dist(kvstore=kv, rank=kv.rank, workers=kv.num_workers, is_distributed=True)
+
+
+def check_even_split(batch_size: int, workers: int, devices: int) -> None:
+    """The global batch must split into equal shares, one per device of every worker."""
+    if (workers > 1 or devices > 1) and batch_size % (workers * devices):
+        raise UserError(f"data.batch_size {batch_size} does not split evenly over "
+                        f"{workers} worker(s) x {devices} device(s)")
+
+
+def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:
+    """Passes each device makes per optimizer step so that it never holds more than
+    `device_batch` images at once (0: no cap); the recipe's global batch is kept."""
+    per_device = batch_size // (workers * devices)
+    if not device_batch or per_device <= device_batch:
+        return 1
+    if per_device % device_batch:
+        divisor = max(d for d in range(1, device_batch + 1) if per_device % d == 0)
+        raise UserError(f"system.device_batch {device_batch} does not divide the {per_device} images each device "
+                        f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
+                        f"device(s)); use a divisor such as {divisor}")
+    return per_device // device_batch
+
+
+def micro_slice(array, part: int, parts: int):
+    """The `part`-th of `parts` equal slices of a device's batch (its first axis)."""
+    n = array.shape[0] // parts
+    return array[part * n:(part + 1) * n]
+
+
+def gather(arrays):
+    """Concatenate small per-device arrays on the first one's device (one read instead of many)."""
+    first = arrays[0].context
+    return mx.nd.concat(*[a.reshape((-1,)).as_in_context(first) for a in arrays], dim=0)
+
+
+class HostReads:
+    """The one way the loop reads device values: `reads(array)` is `array.asnumpy()`, counted,
+    so the syncs per epoch (the metrics' host_syncs, bench/train_step.py) are known."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, array) -> np.ndarray:
+        self.count += 1
+        return array.asnumpy()
