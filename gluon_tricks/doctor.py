@@ -291,7 +291,11 @@ def teacher_missing(spec) -> tuple[list[str], str]:
     path = teacher_path(spec.teacher)
     if path is not None:
         return ([] if path.is_file() else [str(path)]), "teacher/train_teacher.sh (docs/reproduce.md)"
+    from gluon_tricks.models import pretrained_copy
+
     try:
+        if pretrained_copy(spec.teacher) is not None:
+            return [], ""  # the data directory's copy of the same weights
         expected = zoo_weights_file(*zoo_source(spec.teacher))
     except UserError as e:
         return [f"{spec.teacher} ({e})"], ""

@@ -49,3 +49,15 @@ def test_a_truncated_copy_is_one_line_naming_the_file(real_teacher, tmp_path):
     text = str(e.value)
     assert "\n" not in text and str(cut) in text and "truncated" in text and "500,000 bytes" in text
     assert "does not match" not in text
+
+
+def test_the_zoo_name_reads_the_data_directorys_copy_offline(real_teacher, monkeypatch, tmp_path):
+    """The demo's teacher is the zoo name; with a data directory its pretrained/ copy of the same
+    weights is used, with no download (GluonCV's store is empty and may not be asked)."""
+    from gluon_tricks import models
+
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(models, "_pretrained", lambda *a, **k: pytest.fail("asked GluonCV's model store"))
+    got = score("cifar_resnet20_v1", data="demo/baseline", ctx="cpu",
+                overrides=[f"data.mean={CIFAR_MEAN}", f"data.std={CIFAR_STD}"])
+    assert round(got["top1"] * 846 / 100) == 794
