@@ -5,7 +5,8 @@ export MXNET_HOME ?= $(HOME)/.mxnet
 # The data directory (cifar10-mini/, cifar100-mini/, pretrained/; README "Data"), if any,
 # reaches the demo and the tests as an absolute path (the tests start processes elsewhere).
 ifneq ($(GLUON_TRICKS_DATA),)
-  export GLUON_TRICKS_DATA := $(abspath $(GLUON_TRICKS_DATA))
+  override GLUON_TRICKS_DATA := $(abspath $(GLUON_TRICKS_DATA))
+  export GLUON_TRICKS_DATA
 endif
 
 # The pins live in setup.py; these are the Pythons they have wheels for.
