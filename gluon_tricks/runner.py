@@ -11,7 +11,7 @@ import signal
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gluon_tricks.errors import Interrupted, UserError
+from gluon_tricks.errors import Interrupted, UserError, shown
 from gluon_tricks.recipe import Recipe, content_hash
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -88,7 +88,7 @@ def train_in_process(name: str, pending: list[PendingRun], progress: bool) -> No
 
     for run in pending:
         if progress:
-            print(f"== {name}: {run.label} (seed {run.recipe.seed}) -> {run.out}", flush=True)
+            print(f"== {name}: {shown(run.label)} (seed {run.recipe.seed}) -> {run.out}", flush=True)
         engine.train(run.recipe, run.out, resume=run.resume, progress=progress)
         gc.collect()  # Parameter <-> Trainer reference cycles hold the finished run's arrays
 
@@ -124,7 +124,7 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
                 if device is not None:
                     recipe = replace(recipe, system=replace(recipe.system, ctx=device))
                 if progress:
-                    print(f"== {name}: {run.label} (seed {recipe.seed}) on {recipe.system.ctx} -> {run.out}", flush=True)
+                    print(f"== {name}: {shown(run.label)} (seed {recipe.seed}) on {recipe.system.ctx} -> {run.out}", flush=True)
                 executor = ProcessPoolExecutor(max_workers=1, mp_context=spawn,  # one process per run
                                                initializer=_stop_with_parent, initargs=(os.getpid(),))
                 future = executor.submit(_train_row, recipe.to_dict(), run.recipe_hash, str(run.out), run.resume,
@@ -142,7 +142,7 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
                     failures.append((label, error))
                 elif progress and quiet_rows:
                     result = future.result()
-                    print(f"== {name}: {label} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
+                    print(f"== {name}: {shown(label)} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
                           flush=True)
     except KeyboardInterrupt:
         # The rows' processes got the Ctrl-C too: each checkpoints at its next step and exits.

@@ -1,4 +1,4 @@
-"""The vendored cifar100-mini against independent facts: its README, the official CIFAR-100
+"""The real cifar100-mini against independent facts: its README, the official CIFAR-100
 superclass table, and the official python-format layout."""
 import hashlib
 import pickle
