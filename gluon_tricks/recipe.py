@@ -328,6 +328,9 @@ def _check_semantics(r: Recipe, source: str) -> None:
             and not ZOO_TAG.fullmatch(teacher):
         problems.append(f"distill.teacher = {teacher!r}: a zoo teacher with a weights tag is written "
                         "<zoo name>:<8 hex digits>, e.g. resnet152_v1d:cfe0220d")
+    if r.distill.teacher_recipe and teacher_path(teacher) is None:
+        problems.append(f"distill.teacher_recipe names the recipe a .params teacher file is exported from, but "
+                        f"distill.teacher = {teacher!r} is not a .params file; remove teacher_recipe")
     bad_choices = set(r.mixup.choices) - MIX_KINDS
     if bad_choices or not r.mixup.choices:
         problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")

@@ -89,6 +89,11 @@ def test_a_teacher_made_by_a_recipe_keeps_the_identity_its_committed_students_ha
             assert find_result(content_hash(recipe)) is not None, row.label
 
 
+def test_a_teacher_recipe_is_only_for_a_params_teacher():
+    with pytest.raises(UserError, match="teacher_recipe names the recipe a .params teacher file is exported from"):
+        student("cifar_resnet20_v1", teacher_recipe="recipes/proxy/teacher.toml")
+
+
 def test_the_teachers_normalization_default_is_the_students():
     base = student("cifar_resnet20_v1:121e1579")
     same = student("cifar_resnet20_v1:121e1579", teacher_mean=base.data.mean, teacher_std=base.data.std)
