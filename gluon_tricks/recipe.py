@@ -215,11 +215,11 @@ RANGES = {
 def _range_text(low, high, low_in, high_in) -> str:
     if high == math.inf:
         return f"{'>=' if low_in else '>'} {low:g}"
-    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 def _out_of_range(r: "Recipe") -> list[str]:
-    """One 'key = value is outside range' per numeric setting outside RANGES."""
+    """One 'key = value: must be <range>' per numeric setting outside RANGES."""
     d = r.to_dict()
     bad = []
     for key, (low, high, low_in, high_in) in RANGES.items():
@@ -229,11 +229,11 @@ def _out_of_range(r: "Recipe") -> list[str]:
         above = node > low if not low_in else node >= low
         below = node < high if not high_in else node <= high
         if not (above and below):
-            bad.append(f"{key} = {node!r} is outside {_range_text(low, high, low_in, high_in)}")
+            bad.append(f"{key} = {node!r}: must be {_range_text(low, high, low_in, high_in)}")
     decays = r.schedule.decay_epochs
     if any(e < 1 for e in decays) or any(b <= a for a, b in zip(decays, decays[1:])):
         # a decay at epoch <= 0 decays before the first step; a repeated one decays twice
-        bad.append(f"schedule.decay_epochs = {decays!r} must be strictly increasing epochs >= 1")
+        bad.append(f"schedule.decay_epochs = {decays!r}: must be strictly increasing epochs >= 1")
     return bad
 
 
