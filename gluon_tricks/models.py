@@ -103,6 +103,14 @@ def pretrained_copy(source: str) -> Path | None:
     return path
 
 
+def _copy_hint(name: str, tag: str | None) -> str:
+    """Where a data directory can supply these weights offline, if PRETRAINED_COPIES lists a copy."""
+    from gluon_tricks.recipe import teacher_identity
+
+    known = PRETRAINED_COPIES.get(teacher_identity({"teacher": f"{name}:{tag}" if tag else name, "teacher_recipe": ""}))
+    return f", or set GLUON_TRICKS_DATA to a data directory holding pretrained/{known[0]}" if known else ""
+
+
 def _pretrained(source: str, ctx, **kwargs):
     """A zoo network with its published weights, loaded straight onto every context of the
     run (GluonCV's default is cpu(0), which a GPU run cannot use); a one-line error naming
@@ -122,7 +130,7 @@ def _pretrained(source: str, ctx, **kwargs):
             f"pretrained weights of {source!r} could not be loaded ({e.__class__.__name__}: {why}); "
             f"{expected} {state} (GluonCV's cache, $MXNET_HOME/models): on a machine with internet run "
             f"python -c \"from gluoncv.model_zoo import get_model; {fetch}\" and copy that file here, "
-            "or use a local .params file"
+            "or use a local .params file" + _copy_hint(name, tag)
         ) from None
 
 
