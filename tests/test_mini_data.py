@@ -112,6 +112,17 @@ def test_a_wrong_official_file_is_refused_by_the_shipped_checksums(no_data_dir, 
     assert not (tmp_path / "mxnet" / "datasets" / "cifar10-mini").exists()
 
 
+def test_a_killed_preparations_half_folder_is_neither_used_nor_kept(no_data_dir, monkeypatch, tmp_path):
+    """A kill mid-cut leaves only a temporary folder: the next run cuts afresh and removes it."""
+    archive = tmp_path / "mxnet" / "datasets" / "cifar10" / "cifar-10-binary.tar.gz"
+    _use_local_archive(monkeypatch, official_binary_archive(no_data_dir["cifar10-mini"], "cifar10-mini", archive))
+    half = tmp_path / "mxnet" / "datasets" / ".cifar10-mini.tmp99999"
+    half.mkdir(parents=True)
+    (half / "data_batch_1.bin").write_bytes(b"x" * 3073)
+    assert len(cifar.load_cifar("cifar10-mini", train=False)) == 846
+    assert not half.exists()
+
+
 def test_offline_and_missing_is_one_line_naming_both_ways(no_data_dir, monkeypatch):
     def no_network(*args):
         raise ConnectionError("no route to host")

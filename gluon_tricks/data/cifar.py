@@ -126,9 +126,11 @@ def preparing(folder: Path):
 
 
 def _fresh_temp(folder: Path) -> Path:
-    """An empty temporary folder beside `folder` (on the same filesystem, for the rename)."""
+    """An empty temporary folder beside `folder` (on the same filesystem, for the rename).
+    Called under `preparing`: any other temporary folder of `folder` is a killed process's, and goes."""
+    for stale in folder.parent.glob(f".{folder.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 
