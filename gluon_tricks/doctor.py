@@ -288,7 +288,9 @@ def teacher_missing(spec) -> tuple[list[str], str]:
         return [], ""
     path = teacher_path(spec.teacher)
     if path is not None:
-        return ([] if path.is_file() else [str(path)]), "teacher/train_teacher.sh (docs/reproduce.md)"
+        how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export)" if spec.teacher_recipe
+               else "teacher/train_teacher.sh (docs/reproduce.md)")
+        return ([] if path.is_file() else [str(path)]), how
     from gluon_tricks.models import pretrained_copy
 
     try:
