@@ -151,7 +151,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers, contexts)
     check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
@@ -168,9 +168,10 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
         d = recipe.distill
-        step_loss = DistillStep(teacher, d.temperature, d.soft_weight,
+        teacher_dtype = d.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(d, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, d.temperature, d.soft_weight, teacher_dtype,
                                 renormalization(recipe.data.mean, recipe.data.std, d.teacher_mean, d.teacher_std))
     else:
         step_loss = StudentLoss()

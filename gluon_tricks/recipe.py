@@ -135,6 +135,9 @@ class DistillSpec:
     # 0.4822, 0.4465 / 0.2023, 0.1994, 0.2010).
     teacher_mean: list[float] = field(default_factory=list)
     teacher_std: list[float] = field(default_factory=list)
+    # "" = the student's dtype, as in the papers; "float16": the teacher's forward in float16
+    # on GPUs (V100 tensor cores) for a float32 student, a deviation (docs/tricks.md)
+    teacher_dtype: str = ""
 
 
 @dataclass
@@ -323,6 +326,8 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
+    if r.distill.teacher_dtype not in ("", "float16"):
+        problems.append("distill.teacher_dtype must be \"\" (the student's dtype) or \"float16\"")
     teacher = r.distill.teacher
     if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
             and not ZOO_TAG.fullmatch(teacher):
@@ -700,6 +705,8 @@ def identity(recipe: Recipe) -> dict:
         values["distill"]["teacher"] = teacher_identity(values["distill"])
         # where a teacher came from is not what it is: teacher_identity has used it
         values["distill"]["teacher_recipe"] = defaults["distill"]["teacher_recipe"]
+    if values["distill"]["teacher_dtype"] == values["model"]["dtype"]:
+        values["distill"]["teacher_dtype"] = defaults["distill"]["teacher_dtype"]  # the student's, said twice
     out = {}
     for k, v in values.items():
         if k in NOT_IDENTITY:

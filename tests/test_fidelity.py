@@ -134,7 +134,7 @@ PINNED_DEFAULTS = {
               "choices": ["interpolation", "stitch_height", "stitch_width"], "off_first_epochs": 0,
               "off_last_epochs": 0},
     "distill": {"teacher": "", "teacher_model": "", "teacher_recipe": "", "temperature": 20.0, "soft_weight": 0.5,
-                "teacher_mean": [], "teacher_std": []},
+                "teacher_mean": [], "teacher_std": [], "teacher_dtype": ""},
 }
 
 

@@ -163,11 +163,11 @@ def test_the_teacher_sees_the_mixed_batch_in_its_own_normalization(tmp_path):
     def mixed(x, lam=0.3):  # interpolation mixup with the reversed batch
         return lam * x + (1 - lam) * x[::-1]
 
-    step = DistillStep(teacher, 20.0, 0.5, renormalization(imagenet_mean, imagenet_std, CIFAR_MEAN, CIFAR_STD))
+    step = DistillStep(teacher, 20.0, 0.5, renorm=renormalization(imagenet_mean, imagenet_std, CIFAR_MEAN, CIFAR_STD))
     got = step.teacher_logits([mx.nd.array(mixed(normalized(imagenet_mean, imagenet_std)))])[0].asnumpy()
     expected = teacher(mx.nd.array(mixed(normalized(CIFAR_MEAN, CIFAR_STD)))).asnumpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    plain = DistillStep(teacher, 20.0, 0.5, renormalization(imagenet_mean, imagenet_std, [], []))
+    plain = DistillStep(teacher, 20.0, 0.5, renorm=renormalization(imagenet_mean, imagenet_std, [], []))
     assert plain.renorm is None
     assert not np.allclose(plain.teacher_logits([mx.nd.array(normalized(imagenet_mean, imagenet_std))])[0].asnumpy(),
                            teacher(mx.nd.array(normalized(CIFAR_MEAN, CIFAR_STD))).asnumpy(), atol=1e-4)

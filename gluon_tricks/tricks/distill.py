@@ -67,22 +67,27 @@ class DistillStep:
     in inference mode and outside the recorded graph, so no gradient or BatchNorm update
     reaches it."""
 
-    def __init__(self, teacher, temperature: float, soft_weight: float, renorm=None):
-        self.teacher = teacher
+    def __init__(self, teacher, temperature: float, soft_weight: float, teacher_dtype: str | None = None,
+                 renorm=None):
+        self.teacher, self.teacher_dtype = teacher, teacher_dtype  # None: the student's images as they are
         self.loss = DistillationLoss(temperature, soft_weight)
         self.loss.hybridize(static_alloc=True, static_shape=True)
         self.renorm = renorm  # (scale, shift) of `renormalization`, or None
         self._on_device: dict = {}  # (context, dtype) -> (scale, shift) as (1, 3, 1, 1) NDArrays
 
     def teacher_input(self, x):
-        if self.renorm is None:
-            return x
-        key = (x.context, x.dtype)
-        if key not in self._on_device:
-            self._on_device[key] = tuple(nd.array(v.reshape(1, 3, 1, 1), ctx=x.context, dtype=x.dtype)
-                                         for v in self.renorm)
-        scale, shift = self._on_device[key]
-        return nd.broadcast_add(nd.broadcast_mul(x, scale), shift)
+        """The student's (mixed) images as the teacher is fed them: in its normalization, and
+        in its dtype (a float16 teacher of a float32 student gets float16 images; its logits
+        are cast back to float32 in the loss)."""
+        if self.renorm is not None:
+            key = (x.context, x.dtype)
+            if key not in self._on_device:
+                self._on_device[key] = tuple(nd.array(v.reshape(1, 3, 1, 1), ctx=x.context, dtype=x.dtype)
+                                             for v in self.renorm)
+            scale, shift = self._on_device[key]
+            x = nd.broadcast_add(nd.broadcast_mul(x, scale), shift)
+        dtype = self.teacher_dtype
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
 
     def teacher_logits(self, xs) -> list:
         return [self.teacher(self.teacher_input(x)) for x in xs]
