@@ -42,7 +42,8 @@ def score(source: str, model: str = "", data: str = "", overrides=(), ctx: str =
     # The test set only: no teacher is loaded for it, whatever the data recipe distils from.
     recipe = recipe_from_dict(dict(recipe.to_dict(), distill=dataclasses.asdict(DistillSpec())), recipe.name)
     contexts = parse_ctx(ctx)
-    _, test, classes, _ = make_streams(recipe)
+    streams = make_streams(recipe, contexts=contexts)
+    test, classes = streams.test, streams.classes
     if is_run:
         ckpt = run.latest_checkpoint()
         if ckpt is None:

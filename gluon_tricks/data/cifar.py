@@ -385,6 +385,8 @@ _VERIFIED: set = set()
 def verify_checksums(root: Path, dataset: str) -> None:
     """Check a mini set's files in `root` against the shipped SHA256SUMS (once per file version
     and process)."""
+    from gluon_tricks.results import sha256_file
+
     sums = MINI_DEFINITIONS[dataset] / "SHA256SUMS"
     for line in sums.read_text().splitlines():
         if not line.strip():
@@ -402,11 +404,7 @@ def verify_checksums(root: Path, dataset: str) -> None:
         key = (str(path), st.st_size, st.st_mtime_ns, digest)
         if key in _VERIFIED:
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise UserError(f"{shown(path)}: SHA-256 does not match {dataset}'s SHA256SUMS; the copy is damaged "
                             "or not the defined subset: copy it again, or delete it to have it cut afresh")
         _VERIFIED.add(key)
