@@ -45,11 +45,11 @@ def score(source: str, model: str = "", data: str = "", overrides=(), ctx: str =
     streams = make_streams(recipe, contexts=contexts)
     test, classes = streams.test, streams.classes
     if is_run:
-        ckpt = run.latest_checkpoint()
-        if ckpt is None:
+        newest = run.latest_checkpoint()
+        if newest is None:
             raise UserError(f"{shown(source)} has no valid checkpoint to evaluate; train it first")
         net = build_model(trained, classes, contexts)
-        net.load_parameters(str(ckpt.params), ctx=contexts)
+        net.load_parameters(str(newest.params), ctx=contexts)
         dtype = trained.model.dtype
     else:
         if (source.endswith(".params") or Path(source).is_file()) and not model:
