@@ -90,7 +90,8 @@ def cmd_tables(args) -> int:
 
 def cmd_table(args) -> int:
     from gluon_tricks.doctor import missing_inputs
-    from gluon_tricks.tables import load_table, render, run_table
+    from gluon_tricks.report import render
+    from gluon_tricks.tables import load_table, run_table
 
     table = load_table(recipes_root(), args.name)
     if args.run:
@@ -136,7 +137,8 @@ def cmd_export(args) -> int:
 
 def cmd_plot(args) -> int:
     from gluon_tricks.plots import plot_table
-    from gluon_tricks.tables import collect, load_table, write_markdown
+    from gluon_tricks.report import write_markdown
+    from gluon_tricks.tables import collect, load_table
 
     table = load_table(recipes_root(), args.name)
     runs = Path(args.runs) if args.runs else runs_root()

@@ -152,7 +152,7 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
 
 
 def plot_differences(rows: list[dict], differences: list[dict | None], out: Path, title: str = "") -> Path:
-    """Each row's top-1 difference from its reference row (tables.row_differences) as a bar with
+    """Each row's top-1 difference from its reference row (report.row_differences) as a bar with
     its 95% Welch interval; rows without an interval (the first, fewer than 2 seeds) are left
     empty. A bar whose interval excludes 0 is drawn solid, the others hatched."""
     pos = np.arange(len(rows))
@@ -231,7 +231,8 @@ def plot_table(table, out_dir: Path, rows: list[dict], iters_per_epoch: int = 19
     schedules, curves, ours vs paper, mixing examples; for a table that runs recipes on both
     CIFAR-100 label sets, also coarse beside fine and one curves picture per label set; for a
     table that shows differences, the bar chart of them with their intervals."""
-    from gluon_tricks.tables import row_differences, row_recipes
+    from gluon_tricks.report import row_differences
+    from gluon_tricks.tables import row_recipes
 
     out_dir = Path(out_dir)
     written = []

@@ -9,7 +9,8 @@ import pytest
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import content_hash, to_toml
 from gluon_tricks.stats import pooled_std, welch_difference
-from gluon_tricks.tables import collect, load_table, render, row_recipes
+from gluon_tricks.report import render
+from gluon_tricks.tables import collect, load_table, row_recipes
 from seams import recipes_root
 
 

@@ -11,7 +11,8 @@ from gluon_tricks.cli import main
 from seams import recipes_root
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import load_recipe
-from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, render, run_table, table_names
+from gluon_tricks.report import render
+from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, run_table, table_names
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "papers"
 

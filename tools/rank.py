@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 from gluon_tricks.errors import UserError, shown, shown_lines  # noqa: E402
 from gluon_tricks.paths import recipes_root  # noqa: E402
 from gluon_tricks.stats import pooled_std, welch_difference  # noqa: E402
-from gluon_tricks.tables import collect, load_table, render, row_recipes, run_table, write_markdown  # noqa: E402
+from gluon_tricks.report import render, write_markdown  # noqa: E402
+from gluon_tricks.tables import collect, load_table, row_recipes, run_table  # noqa: E402
 
 TABLE = "rank/cifar10-mini"
 KEEP = ("run.json", "recipe.toml", "metrics.jsonl", "result.json")  # what results/ holds of a run
