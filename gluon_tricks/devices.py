@@ -8,15 +8,20 @@ from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
+from mxnet import gluon
 
 from gluon_tricks.errors import UserError
 
 
-def parse_ctx(text: str) -> list[mx.Context]:
+def parse_ctx(text: str, auto_limit: int | None = None) -> list[mx.Context]:
     """`auto`, `cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist.
-    `auto` is every GPU MXNet sees, or the CPU when it sees none (the CPU wheel, no driver)."""
+    `auto` is every GPU MXNet sees, at most `auto_limit` of them (a recipe's source.devices:
+    a row its paper trained on one GPU gets one, whatever the machine has), or the CPU when
+    MXNet sees none (the CPU wheel, no driver)."""
     if text.strip() == "auto":
         gpus = mx.context.num_gpus()
+        if auto_limit is not None:
+            gpus = min(gpus, auto_limit)
         return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
     out = []
     for part in text.replace(" ", "").split(","):
@@ -77,6 +82,48 @@ def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int
                         f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
                         f"device(s)); use a divisor such as {divisor}")
     return per_device // device_batch
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run spreads its global batch: over `workers` x `devices` devices, each device in
+    `accumulation` passes per optimizer step. The images of one pass are what BatchNorm
+    normalizes over (its group), so the layout is part of what a run trains (recipe.identity)."""
+    batch_size: int
+    workers: int
+    devices: int  # per worker
+    accumulation: int = 1
+
+    @property
+    def device_batch(self) -> int:
+        """Images each device gets per optimizer step."""
+        return self.batch_size // (self.workers * self.devices)
+
+    @property
+    def bn_group(self) -> int:
+        """Images in one forward pass of one device: BatchNorm's batch statistics."""
+        return self.device_batch // self.accumulation
+
+    def as_dict(self) -> dict:
+        return {"workers": self.workers, "devices": self.devices, "device_batch": self.device_batch,
+                "accumulation": self.accumulation, "bn_group": self.bn_group}
+
+
+def plan_layout(batch_size: int, workers: int, devices: int, device_batch_cap: int) -> Layout:
+    """The layout a run takes (system.device_batch caps the images of one pass)."""
+    check_even_split(batch_size, workers, devices)
+    return Layout(batch_size, workers, devices, micro_batches(batch_size, workers, devices, device_batch_cap))
+
+
+def eval_split(x, y, contexts) -> list[tuple]:
+    """A test batch cut into one (images, labels) slice per device, never an empty one: a last
+    batch smaller than the device count (Food-101's 5,250 test images at batch 32 leave 2)
+    goes to its first len(x) devices. Each image is scored once wherever it lands, so the
+    accuracy does not depend on the split."""
+    used = contexts[:max(1, min(len(contexts), x.shape[0]))]
+    xs = gluon.utils.split_and_load(x, used, even_split=False)
+    ys = gluon.utils.split_and_load(y, used, even_split=False)
+    return list(zip(xs, ys))
 
 
 def micro_slice(array, part: int, parts: int):

@@ -34,8 +34,8 @@ from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.data.streams import TestStream, TrainStream
-from gluon_tricks.devices import (Dist, HostReads, check_even_split, gather, make_dist, micro_batches, micro_slice,
-                                  parse_ctx)
+from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, make_dist, micro_slice, parse_ctx,
+                                  plan_layout)
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
@@ -115,7 +115,7 @@ class Setup:
     mix: gluon.HybridBlock | None  # MixBlock, or None when the recipe never mixes
     scaler: LossScaler
     progress: Progress
-    micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
+    layout: Layout  # devices and passes per device (system.device_batch) of each optimizer step
     host_reads: HostReads = field(default_factory=HostReads)  # this run's device-to-host reads
 
     @property
@@ -136,13 +136,12 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     recipe_hash = recipe_mod.content_hash(recipe)
 
     train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
-    check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
+    layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 
-    micro = micro_batches(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     net = build_model(recipe, classes, contexts)
-    if micro > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
+    if layout.accumulation > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
         for p in net.collect_params().values():
             if p.grad_req != "null":
                 p.grad_req = "add"
@@ -166,7 +165,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
         mix.hybridize(static_alloc=True, static_shape=True)
     return Setup(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
                  step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
-                 Progress(progress and dist.is_chief, recipe.epochs), micro)
+                 Progress(progress and dist.is_chief, recipe.epochs), layout)
 
 
 @dataclass
@@ -325,7 +324,7 @@ def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list
         images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
     if recipe.model.dtype != "float32":
         images = [xd.astype(recipe.model.dtype) for xd in images]
-    parts = setup.micro_batches
+    parts = setup.layout.accumulation
     for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
         xs, ys = (images, targets) if parts == 1 else \
             ([micro_slice(a, part, parts) for a in images], [micro_slice(a, part, parts) for a in targets])
@@ -377,9 +376,7 @@ def evaluate(net, test_stream, contexts, dtype: str, read) -> tuple[float, float
     n = 0
     for x, y in test_stream.batches():
         n += len(y)
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(np.asarray(y, dtype=np.float32), contexts, even_split=False)
-        for i, (xd, yd) in enumerate(zip(xs, ys)):
+        for i, (xd, yd) in enumerate(eval_split(x, np.asarray(y, dtype=np.float32), contexts)):
             out = net(xd.astype(dtype) if dtype != "float32" else xd).astype("float32")
             k = min(5, out.shape[1])
             top = mx.nd.topk(out, k=k, axis=1)  # (n, k) class indices, best first
