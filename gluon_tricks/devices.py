@@ -115,6 +115,50 @@ def plan_layout(batch_size: int, workers: int, devices: int, device_batch_cap: i
     return Layout(batch_size, workers, devices, micro_batches(batch_size, workers, devices, device_batch_cap))
 
 
+def planned_layout(recipe, devices: int | None = None, workers: int = 1) -> Layout:
+    """The layout `engine.train` gives `recipe` on this machine: its system.ctx resolved (auto:
+    up to source.devices GPUs), or `devices` per worker when the caller decides (a `--parallel`
+    row's share). Tables find results by the hash this implies before training them."""
+    if devices is None:
+        devices = len(parse_ctx(recipe.system.ctx, auto_limit=recipe.source.devices))
+    return plan_layout(recipe.data.batch_size, workers, devices, recipe.system.device_batch)
+
+
+# How MXNet 1.9.1 reports an allocation it could not make, at the first host read after it
+# (its engine runs ahead): src/storage/pooled_storage_manager.h logs "Memory allocation failed "
+# followed by cudaGetErrorString(cudaErrorMemoryAllocation), i.e. "out of memory" (1.5-1.7:
+# "cudaMalloc retry failed: out of memory"); cuDNN and cuBLAS workspaces fail as *_ALLOC_FAILED.
+OUT_OF_MEMORY = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, mx.base.MXNetError) and any(m in str(error) for m in OUT_OF_MEMORY)
+
+
+def smaller_device_batch(layout: Layout, source_bn_group: float) -> int | None:
+    """A system.device_batch that should fit where `layout` did not: the source's BatchNorm
+    group when it is smaller and divides the device's share (it keeps the row faithful),
+    else the largest divisor of the share at most half the images per pass (activations
+    grow about linearly with them: an estimate, not a measurement). None: one image per
+    pass already."""
+    if source_bn_group < layout.bn_group and source_bn_group == int(source_bn_group) \
+            and layout.device_batch % int(source_bn_group) == 0:
+        return int(source_bn_group)
+    return next((d for d in range(layout.bn_group // 2, 0, -1) if layout.device_batch % d == 0), None)
+
+
+def out_of_memory_message(contexts, layout: Layout, source_bn_group: float) -> str:
+    where = str(contexts[0]) if len(contexts) == 1 else f"one of {', '.join(map(str, contexts))}"
+    said = (f"out of memory on {where} at {layout.bn_group} images per pass "
+            f"({layout.device_batch} per device and step, {layout.accumulation} pass(es))")
+    fit = smaller_device_batch(layout, source_bn_group)
+    if fit is None:
+        return f"{said}: even one image per pass does not fit; use a smaller model or a GPU with more memory"
+    faithful = " (the paper's BatchNorm group)" if fit == source_bn_group else \
+        " (an estimate: about half the activation memory; halve again if it still does not fit)"
+    return f"{said}; try --set system.device_batch={fit}{faithful}, or more GPUs"
+
+
 def eval_split(x, y, contexts) -> list[tuple]:
     """A test batch cut into one (images, labels) slice per device, never an empty one: a last
     batch smaller than the device count (Food-101's 5,250 test images at batch 32 leave 2)

@@ -34,9 +34,9 @@ from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.loader import RNG_MIX, step_rng
 from gluon_tricks.data.streams import TestStream, TrainStream
-from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, make_dist, micro_slice, parse_ctx,
-                                  plan_layout)
-from gluon_tricks.errors import DivergenceError, Interrupted, UserError
+from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, is_out_of_memory, make_dist, micro_slice,
+                                  out_of_memory_message, parse_ctx, plan_layout)
+from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, provenance
@@ -67,34 +67,45 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
 def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
     setup = _setup(recipe, run_dir, resume, overwrite, progress)
     try:
-        position, trainer = _restore(setup, resume)
-        if setup.dist.is_chief:
-            setup.run.truncate_metrics(position.epoch)
-        if setup.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
-            print(f"devices: {', '.join(map(str, setup.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
-                  file=sys.stderr, flush=True)
-        with StopFlag(max_steps) as stop:
-            for epoch in range(position.epoch, recipe.epochs):
-                row = _train_epoch(setup, trainer, position, epoch, stop)
-                if row["top1"] > position.best["top1"]:
-                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-                position.next_epoch()
-                if setup.dist.is_chief:
-                    setup.run.append_metrics(row)
-                    _save(setup, trainer, position)
-                setup.progress.end(row)
-        rows = setup.run.read_metrics() if setup.dist.is_chief else []
-        result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
-                            setup.train_images, len(setup.test_stream))
-        result.update(provenance(setup.contexts))
-        if setup.dist.is_chief:
-            setup.run.write_result(result)
-        if params_out is not None:
-            Path(params_out).mkdir(parents=True, exist_ok=True)
-            setup.net.save_parameters(str(Path(params_out) / f"worker{setup.dist.rank}.params"))
-        return result
+        return _train_set_up(setup, recipe, resume, max_steps, params_out)
+    except mx.base.MXNetError as e:
+        if is_out_of_memory(e):  # a one-line fix instead of MXNet's multi-line report
+            raise OutOfMemory(out_of_memory_message(setup.contexts, setup.layout,
+                                                    recipe_mod.source_bn_group(recipe))) from None
+        raise
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         setup.run.unlock()
+
+
+def _train_set_up(setup, recipe, resume, max_steps, params_out) -> dict:
+    """Train a set-up run to its end: epochs, checkpoints, the result."""
+    position, trainer = _restore(setup, resume)
+    if setup.dist.is_chief:
+        setup.run.truncate_metrics(position.epoch)
+    if setup.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
+        print(f"devices: {', '.join(map(str, setup.contexts))} (--ctx auto: up to source.devices = "
+              f"{recipe.source.devices} GPU(s), else the CPU)", file=sys.stderr, flush=True)
+    with StopFlag(max_steps) as stop:
+        for epoch in range(position.epoch, recipe.epochs):
+            row = _train_epoch(setup, trainer, position, epoch, stop)
+            if row["top1"] > position.best["top1"]:
+                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+            position.next_epoch()
+            if setup.dist.is_chief:
+                setup.run.append_metrics(row)
+                _save(setup, trainer, position)
+            setup.progress.end(row)
+    rows = setup.run.read_metrics() if setup.dist.is_chief else []
+    result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
+                        setup.train_images, len(setup.test_stream))
+    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=recipe_mod.source_bn_group(recipe))
+    result.update(provenance(setup.contexts))
+    if setup.dist.is_chief:
+        setup.run.write_result(result)
+    if params_out is not None:
+        Path(params_out).mkdir(parents=True, exist_ok=True)
+        setup.net.save_parameters(str(Path(params_out) / f"worker{setup.dist.rank}.params"))
+    return result
 
 
 @dataclass
@@ -125,7 +136,7 @@ class Setup:
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Setup:
     """Check every input (devices, data, model, teacher), then prepare the run directory."""
-    contexts = parse_ctx(recipe.system.ctx)
+    contexts = parse_ctx(recipe.system.ctx, auto_limit=recipe.source.devices)
     check_dtype(recipe.model.dtype, contexts)
     if recipe.optim.loss_scale == "dynamic" and recipe.system.kvstore.startswith("dist"):
         raise UserError("optim.loss_scale = \"dynamic\" cannot run with a distributed kvstore (the parameter "
@@ -133,10 +144,10 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
                         "scale such as \"1024\" (docs/gpu.md)")
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
-    recipe_hash = recipe_mod.content_hash(recipe)
 
     train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
     layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
+    recipe_hash = recipe_mod.content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 

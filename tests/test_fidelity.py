@@ -134,6 +134,7 @@ PINNED_DEFAULTS = {
               "choices": ["interpolation", "stitch_height", "stitch_width"], "off_first_epochs": 0,
               "off_last_epochs": 0},
     "distill": {"teacher": "", "teacher_model": "", "temperature": 20.0, "soft_weight": 0.5},
+    "source": {"devices": 1},  # the follow-up's one GPU: the whole batch is one BatchNorm group
 }
 
 
