@@ -21,7 +21,8 @@ from importlib import metadata
 from pathlib import Path
 
 from gluon_tricks import cuda_libs
-from gluon_tricks.paths import cores as machine_cores, recipes_root, runs_root
+from gluon_tricks.errors import first_line
+from gluon_tricks.paths import cores as machine_cores, mxnet_home, recipes_root, runs_root
 
 FEATURES = ("CUDA", "CUDNN", "NCCL", "DIST_KVSTORE")
 MXNET_WHEELS = ("mxnet", cuda_libs.CUDA_WHEEL)
@@ -257,16 +258,15 @@ def omp_lines(env=None, cores: int | None = None) -> list[Line]:
 
 def data_missing(spec) -> tuple[list[str], str]:
     """(missing files, how to get them) for a recipe's data section."""
-    if spec.dataset == "cifar10-mini":
-        return [], ""
-    if spec.dataset in ("cifar10", "cifar100"):
-        from gluon_tricks.data.cifar import _find_files, default_root
+    from gluon_tricks.data.cifar import FORMAT_OF, MINI_ROOTS, _find_files, default_root
 
+    if spec.dataset in FORMAT_OF:  # cifar10, cifar100 and the vendored -mini subsets of them
         root = Path(spec.root) if spec.root else default_root(spec.dataset)
-        ok = all(_find_files(root, spec.dataset, train) for train in (True, False))
-        return ([] if ok else [f"{root}/ ({spec.dataset})"]), "downloaded on the first run (needs internet)"
-    root = Path(spec.root) if spec.root else \
-        Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet")) / "datasets" / "imagenet"
+        ok = all(_find_files(root, FORMAT_OF[spec.dataset], train) for train in (True, False))
+        fix = "vendored in the package: reinstall gluon-tricks (or `git checkout` it)" \
+            if spec.dataset in MINI_ROOTS and not spec.root else "downloaded on the first run (needs internet)"
+        return ([] if ok else [f"{root}/ ({spec.dataset})"]), fix
+    root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
         need = [n for n in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx") if not (root / n).is_file()]
         return ([f"{root}/{{{','.join(need)}}}"] if need else []), \
@@ -296,6 +296,11 @@ def table_lines(root: Path | None = None) -> list[Line]:
     from gluon_tricks.tables import load_table, row_recipes, table_names
 
     root = root or recipes_root()
+    try:
+        import gluon_tricks.models  # noqa: F401  teacher_missing needs MXNet and GluonCV
+    except Exception as e:  # a broken install: say so once, not once per table (probes 3.2, 3.4, 3.5)
+        return [Line("FAIL", f"tables not checked: importing MXNet/GluonCV failed ({first_line(e, 160)})",
+                     "fix the package and MXNet lines above, then run doctor again")]
     lines = []
     for name in table_names(root):
         try:
@@ -310,6 +315,9 @@ def table_lines(root: Path | None = None) -> list[Line]:
                             missing.setdefault(f, fix)
         except UserError as e:
             lines.append(Line("FAIL", f"table {name}: {e}"))
+            continue
+        except Exception as e:  # a table file of the wrong shape (probe 1.15) must not end doctor
+            lines.append(Line("FAIL", f"table {name}: cannot check it ({e.__class__.__name__}: {first_line(e, 160)})"))
             continue
         if not missing:
             lines.append(Line("OK", f"table {name}: data and teachers present"))
@@ -358,8 +366,9 @@ def layout_lines(name: str, overrides=(), root: Path | None = None) -> list[Line
 
 
 def disk_lines(paths=None, warn_gb: float = 20.0, fail_gb: float = 1.0) -> list[Line]:
-    paths = paths or {"runs": runs_root(),
-                      "MXNET_HOME": Path(os.environ.get("MXNET_HOME", Path.home() / ".mxnet"))}
+    """Free space where runs and MXNET_HOME live, and whether a file can be created there: a
+    read-only mount with 73 GB free was 'OK' (probe 3.7)."""
+    paths = paths or {"runs": runs_root(), "MXNET_HOME": mxnet_home()}
     lines = []
     for label, path in paths.items():
         probe = Path(path).resolve()
@@ -370,7 +379,24 @@ def disk_lines(paths=None, warn_gb: float = 20.0, fail_gb: float = 1.0) -> list[
         fix = "" if status == "OK" else ("free space or point it elsewhere (ImageNet RecordIO takes ~60-150 GB, "
                                           "each checkpoint one network plus optimizer state)")
         lines.append(Line(status, f"disk at {label} ({path}): {free:.0f} GB free", fix))
+        why = not_writable(probe)
+        if why:
+            lines.append(Line("FAIL", f"{label} ({path}): cannot create files in {probe} ({why})",
+                              f"make it writable or point {'--runs / GLUON_TRICKS_RUNS' if label == 'runs' else label} "
+                              "to a writable directory"))
     return lines
+
+
+def not_writable(directory: Path) -> str | None:
+    """None if a file can be created (and deleted) in `directory`, else the reason: the
+    permission bits do not tell (a read-only mount, root, ACLs), so this tries it."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".gluon-tricks-doctor-"):
+            return None
+    except OSError as e:
+        return e.strerror or e.__class__.__name__
 
 
 def run(out=print) -> int:
@@ -385,7 +411,12 @@ def run(out=print) -> int:
     failed = False
     for title, check in sections:
         out(f"== {title}")
-        for line in check():
+        try:
+            lines = check()
+        except Exception as e:  # doctor is for broken installs: a check that breaks is a FAIL line, never a traceback
+            lines = [Line("FAIL", f"this check failed: {e.__class__.__name__}: {first_line(e, 160)}",
+                          "fix the FAIL lines above first; if none, report it with this line")]
+        for line in lines:
             out(str(line))
             failed |= line.status == "FAIL"
     return 1 if failed else 0

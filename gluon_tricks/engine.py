@@ -39,7 +39,7 @@ from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, i
 from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
-from gluon_tricks.results import RunDir, provenance
+from gluon_tricks.results import RunDir, check_trainer_states, provenance
 from gluon_tricks.tricks.distill import DistillStep
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer, mix_block
@@ -96,10 +96,13 @@ def _train_set_up(setup, recipe, resume, max_steps, params_out) -> dict:
                 _save(setup, trainer, position)
             setup.progress.end(row)
     rows = setup.run.read_metrics() if setup.dist.is_chief else []
+    if setup.dist.is_chief:
+        _check_final_row(rows, recipe.epochs, setup.run)
     result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
                         setup.train_images, len(setup.test_stream))
     result["layout"] = dict(setup.layout.as_dict(), source_bn_group=recipe_mod.source_bn_group(recipe))
     result.update(provenance(setup.contexts))
+    result["segments"] = position.segments
     if setup.dist.is_chief:
         setup.run.write_result(result)
     if params_out is not None:
@@ -190,6 +193,9 @@ class Position:
     seconds: float = 0.0  # training time so far in this epoch
     # the checkpoint's and result's form: {"top1", "top5", "epoch"}
     best: dict = field(default_factory=lambda: {"top1": -1.0, "top5": 0.0, "epoch": -1})
+    # Each stretch of training, a resume starting a new one: where it started and the [system]
+    # it ran with (devices, device_batch are not part of the identity but change the arithmetic).
+    segments: list = field(default_factory=list)
 
     def next_epoch(self) -> None:
         self.epoch, self.step, self.samples, self.loss_sum, self.seconds = self.epoch + 1, 0, 0, 0.0, 0.0
@@ -230,12 +236,16 @@ def _restore(setup: Setup, resume: bool) -> tuple[Position, gluon.Trainer]:
     if ckpt is not None:
         setup.net.load_parameters(str(ckpt.params), ctx=setup.contexts)
         if not setup.dist.is_distributed:
+            check_trainer_states(ckpt.trainer_states)  # MXNet would unpickle any code in it
             trainer.load_states(str(ckpt.trainer_states))
         setup.scaler.load(ckpt.state["scaler"])
         position.best = ckpt.state["best"]
         position.load_partial_epoch(ckpt.state.get("partial_epoch", {}))
+        position.segments = list(ckpt.state.get("segments", []))
         print(f"resuming {run.path} at epoch {position.epoch + 1}, step {position.step} from {ckpt.path.name}",
               file=sys.stderr)
+    position.segments.append({"from_epoch": position.epoch, "from_step": position.step,
+                              "system": setup.recipe.to_dict()["system"], "devices": [str(c) for c in setup.contexts]})
     return position, trainer
 
 
@@ -260,7 +270,7 @@ def _save(setup: Setup, trainer, position: Position):
         raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
                               "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": setup.scaler.state(), "best": position.best, "seed": setup.recipe.seed,
-             "hash": setup.recipe_hash, "partial_epoch": position.partial_epoch()}
+             "hash": setup.recipe_hash, "partial_epoch": position.partial_epoch(), "segments": position.segments}
     return setup.run.save_checkpoint(position.epoch, position.step, state, setup.net.save_parameters, save_trainer,
                                      keep=setup.recipe.system.keep_checkpoints)
 
@@ -354,6 +364,15 @@ def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list
             if p.grad_req != "null":
                 p.zero_grad()
     return step_sums
+
+
+def _check_final_row(rows: list[dict], epochs: int, run: RunDir) -> None:
+    """A result is its last epoch's row: none is written without one (probe 5.9: with result.json
+    and metrics.jsonl deleted and the checkpoints kept, the resumed run wrote final_top1 NaN)."""
+    if epochs - 1 not in {r["epoch"] for r in rows}:
+        raise UserError(f"{run.metrics_file} has no row for the last epoch ({epochs}): the metrics were lost, "
+                        f"so no result can be written; train again (train --overwrite, or move {run.path} away "
+                        "before table --run)")
 
 
 def _summarize(recipe, recipe_hash: str, rows: list[dict], best: dict, skipped_steps: int, workers: int,

@@ -26,6 +26,13 @@ def shown(text) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def shown_lines(text) -> str:
+    """`shown` for each line of a multi-line text (a rendered table): its line breaks stay,
+    an ESC or a carriage return from a recipe name, a table title or a label does not
+    (reliability-redteam-2 probe 9.5)."""
+    return "\n".join(shown(line) for line in str(text).split("\n"))
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message as one short line for a UserError: its first line, except for
     MXNet's errors, which start with "Traceback" and give the reason on their last line

@@ -86,6 +86,10 @@ class ScheduleSpec:
     # "epoch": lr * (i + 1) / warmup_epochs through epoch i, from lr / warmup_epochs (the
     # Food-101 tutorial's optimizer_step).
     warmup_every: str = "iteration"
+    # cosine and poly only: "iteration", the curve moves at every step (Bag of Tricks' "the
+    # total number of batches is T"); "epoch", it moves once per epoch, as the Food-101
+    # tutorial's "at epoch t, l_t = 1/2 (1 + cos(t pi / T)) l" with T epochs after the warm-up.
+    decay_every: str = "iteration"
 
 
 @dataclass
@@ -172,12 +176,66 @@ CHOICES = {
     "schedule.kind": {"step", "cosine", "poly", "constant"},
     "schedule.decay_from": {"start", "warmup_end"},
     "schedule.warmup_every": {"iteration", "epoch"},
+    "schedule.decay_every": {"iteration", "epoch"},
     "smoothing.form": {"gluoncv", "paper"},
     "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
     "mixup.partner": {"reversed", "random"},
     "mixup.label_weight": {"lambda", "area"},
     "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
 }
+# Allowed ranges of the numeric settings not checked one by one in `_check_semantics`:
+# key -> (low, high, low included, high included). Each of these, outside its range, trained
+# something else with exit 0 (reliability-redteam-2 probes 4.14-4.29): a negative decay_factor
+# or final_lr is gradient ascent, power < 0 raises the rate x36, momentum >= 1 diverges,
+# min_lambda >= 1 never mixes (while metrics say it does), lr_reference_batch 0 divides by 0.
+RANGES = {
+    "epochs_scale": (0, math.inf, False, False),
+    "data.train_limit": (0, math.inf, True, False),  # 0: all images
+    "data.test_limit": (0, math.inf, True, False),
+    "data.image_size": (1, math.inf, True, False),
+    "data.val_resize": (0, math.inf, True, False),  # 0: image_size * 256/224
+    "data.min_area": (0, 1, False, True),
+    "data.color_jitter": (0, 1, True, True),  # factors from [1 - j, 1 + j] must stay >= 0
+    "data.lighting_std": (0, math.inf, True, False),
+    "optim.momentum": (0, 1, True, False),
+    "optim.lr_reference_batch": (1, math.inf, True, False),
+    "schedule.decay_factor": (0, 1, False, True),
+    "schedule.power": (0, math.inf, False, False),
+    "schedule.warmup_epochs": (0, math.inf, True, False),
+    "schedule.warmup_start_lr": (0, math.inf, True, False),
+    "schedule.final_lr": (0, math.inf, True, False),
+    "mixup.min_lambda": (0, 1, True, False),
+    "mixup.off_first_epochs": (0, math.inf, True, False),
+    "mixup.off_last_epochs": (0, math.inf, True, False),
+    "system.log_interval": (1, math.inf, True, False),
+}
+
+
+def _range_text(low, high, low_in, high_in) -> str:
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _out_of_range(r: "Recipe") -> list[str]:
+    """One 'key = value is outside range' per numeric setting outside RANGES."""
+    d = r.to_dict()
+    bad = []
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        node = d
+        for part in key.split("."):
+            node = node[part]
+        above = node > low if not low_in else node >= low
+        below = node < high if not high_in else node <= high
+        if not (above and below):
+            bad.append(f"{key} = {node!r} is outside {_range_text(low, high, low_in, high_in)}")
+    decays = r.schedule.decay_epochs
+    if any(e < 1 for e in decays) or any(b <= a for a, b in zip(decays, decays[1:])):
+        # a decay at epoch <= 0 decays before the first step; a repeated one decays twice
+        bad.append(f"schedule.decay_epochs = {decays!r} must be strictly increasing epochs >= 1")
+    return bad
+
+
 ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
 MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
 # Sections that say how to run, not what to compute; `source` enters a run's identity only
@@ -238,12 +296,15 @@ def _build(raw: dict, source: str) -> Recipe:
             kwargs[key] = _coerce(value, hints[key], f"{source}: {key}")
     recipe = Recipe(**kwargs)
     _check_semantics(recipe, source)
+    _check_name(recipe.name, source)
     return recipe
 
 
 def _check_semantics(r: Recipe, source: str) -> None:
     """Values that are well-typed but meaningless."""
     problems = _non_finite_floats(r)
+    if not problems:  # nan passes no range test: one message per bad key is enough
+        problems += _out_of_range(r)
     if not 0 <= r.seed < 2 ** 32:  # numpy's and MXNet's seed range
         problems.append(f"seed must be in 0..{2 ** 32 - 1}")
     if r.system.keep_checkpoints < 1:  # 0 or less would delete every checkpoint it writes
@@ -307,6 +368,24 @@ def _non_finite_floats(r: Recipe) -> list[str]:
                     hints[f.name] == list[float] and not all(math.isfinite(x) for x in v):
                 bad.append(f"{key} must be a finite number, got {v!r}")
     return bad
+
+
+# A run directory is <runs root>/<name>-<hash>, so a name is one path component. 200 bytes
+# leave room for "-<16 hex>" and temporary prefixes under the usual 255-byte file-name limit.
+NAME_MAX_BYTES = 200
+
+
+def _check_name(name: str, source: str) -> None:
+    """A name that would put the run directory outside the runs root (probes 9.1, 9.2:
+    "../../x", "/abs/x") or make an unprintable or too long file name is refused at load."""
+    problem = ("is empty" if not name.strip() else
+               "contains a path separator" if "/" in name or "\\" in name else
+               "contains a control character" if not name.isprintable() else
+               f"is longer than {NAME_MAX_BYTES} bytes" if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES
+               else "")
+    if problem:
+        raise UserError(f"{source}: name '{shown(name)[:80]}' {problem}; the name becomes the run directory "
+                        "<runs>/<name>-<hash>: use letters, digits, '-', '_' or '.'")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -393,24 +472,38 @@ def with_changes(recipe: Recipe, overrides: list[str]) -> Recipe:
     return _build(apply_overrides(recipe.to_dict(), overrides), recipe.name)
 
 
+def scaled_count(n: int, factor: float, keep: int = 0) -> int:
+    """An epoch count times `factor`, rounded half up (`round` rounds half to even: 0.5 -> 0),
+    and at least `keep`."""
+    return max(keep, math.floor(n * factor + 0.5))
+
+
 def scale_epochs(recipe: Recipe, factor: float) -> Recipe:
     """Shorten (or lengthen) every epoch count of a recipe by `factor`, keeping the
-    schedule's shape: decay points, warm-up and mixup on/off windows scale together."""
+    schedule's shape: decay points, warm-up and mixup on/off windows scale together.
+
+    What was there stays there (reliability-redteam-2 probe 1.11): a warm-up or a mixup-off
+    window of at least one epoch survives, and every decay stays at epoch >= 1 and after the
+    one before (scaled [2, 3] at 0.25 is [1, 2], never [0, 1]: a decay at epoch 0 would train
+    the whole run at the decayed rate)."""
     if factor == 1.0:
         return recipe
     if not math.isfinite(factor) or factor <= 0:
         raise UserError(f"--epochs-scale must be > 0, got {factor}")
     d = recipe.to_dict()
 
-    def s(n):
-        return max(0, round(n * factor))
+    def kept(n):  # a window that existed keeps at least one epoch
+        return scaled_count(n, factor, keep=1 if n > 0 else 0)
 
-    d["epochs"] = max(1, s(recipe.epochs))
+    decays = []
+    for e in recipe.schedule.decay_epochs:
+        decays.append(scaled_count(e, factor, keep=max(1, decays[-1] + 1 if decays else 1)))
+    d["epochs"] = scaled_count(recipe.epochs, factor, keep=1)
     d["epochs_scale"] = recipe.epochs_scale * factor
-    d["schedule"]["decay_epochs"] = [s(e) for e in recipe.schedule.decay_epochs]
-    d["schedule"]["warmup_epochs"] = s(recipe.schedule.warmup_epochs)
-    d["mixup"]["off_first_epochs"] = s(recipe.mixup.off_first_epochs)
-    d["mixup"]["off_last_epochs"] = s(recipe.mixup.off_last_epochs)
+    d["schedule"]["decay_epochs"] = decays
+    d["schedule"]["warmup_epochs"] = kept(recipe.schedule.warmup_epochs)
+    d["mixup"]["off_first_epochs"] = kept(recipe.mixup.off_first_epochs)
+    d["mixup"]["off_last_epochs"] = kept(recipe.mixup.off_last_epochs)
     return _build(d, recipe.name)
 
 
@@ -433,35 +526,84 @@ def _mix_kinds(m: dict) -> set[str]:
 
 def unused_settings(recipe: Recipe) -> list[str]:
     """Keys (`section.key`) the recipe's other settings make irrelevant to its training."""
+    return list(unused_with_reasons(recipe))
+
+
+def unused_with_reasons(recipe: Recipe) -> dict[str, str]:
+    """`unused_settings`, each with the setting that makes it irrelevant (for warnings)."""
     d = recipe.to_dict()
     s, m = d["schedule"], d["mixup"]
-    out = []
+    out = {}
+
+    def add(keys, why):
+        for k in keys:
+            out.setdefault(k, why)
+
     if s["kind"] != "step" or s["warmup_epochs"] == 0:
-        out.append("schedule.decay_from")  # without a warm-up both counts start at epoch 0
+        # without a warm-up both counts start at epoch 0
+        add(["schedule.decay_from"], "it matters only for a step schedule with a warm-up")
     if s["kind"] != "step":
-        out += ["schedule.decay_epochs", "schedule.decay_factor"]
+        add(["schedule.decay_epochs", "schedule.decay_factor"], f'schedule.kind is "{s["kind"]}", not "step"')
     if s["kind"] != "poly":
-        out.append("schedule.power")
+        add(["schedule.power"], f'schedule.kind is "{s["kind"]}", not "poly"')
     if s["kind"] not in ("cosine", "poly"):
-        out.append("schedule.final_lr")
+        add(["schedule.final_lr", "schedule.decay_every"], f'schedule.kind is "{s["kind"]}", not "cosine" or "poly"')
     if s["warmup_epochs"] == 0:
-        out += ["schedule.warmup_start_lr", "schedule.warmup_every"]
+        add(["schedule.warmup_start_lr", "schedule.warmup_every"], "schedule.warmup_epochs is 0")
     elif s["warmup_every"] == "epoch":
-        out.append("schedule.warmup_start_lr")  # the per-epoch form starts at lr / warmup_epochs
+        add(["schedule.warmup_start_lr"], 'schedule.warmup_every = "epoch" starts at lr / warmup_epochs')
     if d["smoothing"]["eps"] == 0:
-        out.append("smoothing.form")  # both forms give the one-hot target at eps 0
+        add(["smoothing.form"], "smoothing.eps is 0")  # both forms give the one-hot target at eps 0
     kinds = _mix_kinds(m)
     if not kinds:
-        out += [f"mixup.{k}" for k in m]
+        add([f"mixup.{k}" for k in m], 'mixup.kind is "none"')
     else:
         if m["kind"] != "random":
-            out.append("mixup.choices")
+            add(["mixup.choices"], f'mixup.kind is "{m["kind"]}", not "random"')
         if not kinds & {"stitch_height", "stitch_width"}:
-            out.append("mixup.label_weight")
+            add(["mixup.label_weight"], "no stitch kind is mixed")
         if m["min_lambda"] == 0 or not kinds & set(m["min_lambda_kinds"]):
-            out += ["mixup.min_lambda", "mixup.min_lambda_kinds"]
+            add(["mixup.min_lambda", "mixup.min_lambda_kinds"],
+                "mixup.min_lambda is 0 or mixup.min_lambda_kinds lists none of the kinds mixed")
     if d["distill"]["teacher"] == "":
-        out += [f"distill.{k}" for k in d["distill"]]
+        add([f"distill.{k}" for k in d["distill"]], 'distill.teacher is ""')
+    return out
+
+
+def explicit_keys(path: str | Path, overrides: list[str] = ()) -> set[str]:
+    """The `section.key`s a recipe file sets itself (not through `extends`) or --set sets."""
+    raw = apply_overrides(_read_toml(Path(path)), list(overrides))
+    return {f"{k}.{kk}" if isinstance(v, dict) else k for k, v in raw.items()
+            for kk in (v if isinstance(v, dict) else [None])}
+
+
+def run_warnings(recipe: Recipe, explicit: set[str] | None = None) -> list[str]:
+    """What a recipe asks for but its training will not do: settings changed from their default
+    (and set by the file itself or --set, when `explicit` is given) that its other settings
+    make irrelevant (a resolved recipe.toml sets every key, mostly to defaults), a
+    warm-up or a mixup window that does not fit the run, decays at or after its end.
+    Warnings, not errors: `--epochs` shortens a run on purpose (reliability-redteam-2
+    probes 4.10-4.13, 4.25)."""
+    values, defaults = recipe.to_dict(), Recipe().to_dict()
+    out = []
+    for key, why in unused_with_reasons(recipe).items():
+        section, name = key.split(".")
+        if values[section][name] != defaults[section][name] and (explicit is None or key in explicit):
+            out.append(f"{key} = {values[section][name]!r} has no effect: {why}")
+    s, epochs = recipe.schedule, recipe.epochs
+    if s.warmup_epochs >= epochs:
+        out.append(f"schedule.warmup_epochs = {s.warmup_epochs} covers the whole {epochs}-epoch run: "
+                   "the rate never leaves the warm-up")
+    if s.kind == "step":
+        start = s.warmup_epochs if s.decay_from == "warmup_end" else 0
+        late = [e for e in s.decay_epochs if e + start >= epochs]
+        if late:
+            out.append(f"schedule.decay_epochs {late} fall at or after the end of the {epochs}-epoch run "
+                       "(never reached)")
+    m = recipe.mixup
+    if _mix_kinds(values["mixup"]) and m.off_first_epochs + m.off_last_epochs >= epochs:
+        out.append(f"mixup.off_first_epochs = {m.off_first_epochs} and off_last_epochs = {m.off_last_epochs} "
+                   f"leave no epoch of the {epochs}-epoch run to mix in")
     return out
 
 

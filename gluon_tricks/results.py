@@ -1,7 +1,8 @@
 """Run directories: atomic files, checkpoints that survive kills, results by content hash.
 
 A run directory holds
-  recipe.toml      the resolved recipe (what ran)
+  recipe.toml      the resolved recipe (what ran; a resume with other [system] settings keeps it,
+                   result.json's "segments" list each stretch's [system])
   run.json         the marker: {"tool": "gluon-tricks", "format": 1}, the recipe's content hash and name
   metrics.jsonl    one JSON line per finished epoch
   result.json      written once, when the run has finished
@@ -26,12 +27,15 @@ import hashlib
 import json
 import fcntl
 import os
+import pickle
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gluon_tricks._compat import tomllib
 from gluon_tricks.errors import UserError, first_line, shown
 from gluon_tricks.paths import committed_results_root, runs_root
 
@@ -43,6 +47,11 @@ RUN_DIRS = ("checkpoints",)
 LOCK_FILE = ".lock"
 # Temporary files of atomic_write_bytes (".<name>.tmp<pid>"), left by a kill mid-write.
 _LEFTOVER = re.compile(r"^\.(recipe\.toml|run\.json|metrics\.jsonl|result\.json)\.tmp\d+$")
+# The names save_checkpoint gives inside checkpoints/: the only ones pruning or --overwrite
+# deletes there (a user's own copy, or a scratch disk's other folders when checkpoints/ is a
+# symlink to it, are not ours: red team 2, probes 9.7, 9.8).
+CHECKPOINT_NAME = re.compile(r"^epoch\d{4}-step\d{7}$")
+_CHECKPOINT_LEFTOVER = re.compile(r"^\.tmp-epoch\d{4}-step\d{7}-\d+$")
 # flock'd file descriptors, held open (and so locked) until the process exits.
 _HELD_LOCKS: dict[str, int] = {}
 
@@ -121,6 +130,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise _disk_error(e, path) from None
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst` the way atomic_write_bytes writes: a kill mid-copy leaves the old `dst`
+    (or none), never a cut one."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, IsADirectoryError):
+            raise
+        raise _disk_error(e, dst) from None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -148,6 +178,40 @@ def params_finite(path: Path) -> bool:
         return False
     values = arrays.values() if isinstance(arrays, dict) else arrays
     return all(np.isfinite(a.asnumpy()).all() for a in values)
+
+
+class _TrainerStatesUnpickler(pickle.Unpickler):
+    """What gluon.Trainer.save_states pickles (Updater.get_states with the optimizer): dicts and
+    tuples of NDArrays, the optimizer object, its lr scheduler. Any other class (a crafted file's
+    os.system, probe 9.11) is refused before anything is built."""
+
+    ALLOWED = {
+        ("mxnet.ndarray.ndarray", "NDArray"),
+        ("gluon_tricks.tricks.schedules", "PaperLR"),
+        ("builtins", "bytearray"),  # NDArray's pickled state
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module == "mxnet.optimizer.optimizer":
+            import mxnet as mx
+
+            cls = getattr(mx.optimizer.optimizer, name, None)
+            if isinstance(cls, type) and issubclass(cls, mx.optimizer.Optimizer):
+                return cls
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def check_trainer_states(path: Path) -> None:
+    """Unpickle `path` with the allow-list above; UserError when it holds anything else. MXNet's
+    Trainer.load_states unpickles without restriction, so this runs first."""
+    try:
+        with open(path, "rb") as f:
+            _TrainerStatesUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"{shown(path)} is not optimizer states written by gluon-tricks ({first_line(e, 120)}); "
+                        "resume only from checkpoints this toolkit wrote, or start again with --overwrite") from None
 
 
 @dataclass
@@ -196,11 +260,51 @@ class RunDir:
                   and (self.path / "recipe.toml").is_file())
         return info if legacy else None
 
-    def result(self) -> dict | None:
+    def _damaged_run_json(self) -> str:
+        """Why run.json cannot be read, when this directory still looks like one of our runs
+        (recipe.toml beside it); "" otherwise."""
+        if not (self.path / "recipe.toml").is_file() or not (self.path / "run.json").is_file():
+            return ""
         try:
-            return json.loads(self.result_file.read_text())
+            json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError) as e:
+            return "not valid JSON" if isinstance(e, ValueError) else e.__class__.__name__
+        return ""
+
+    def unfinished(self, ckpt: Checkpoint) -> str:
+        """How far an unfinished run got ("1 of 3 epochs done, no result.json"), or "" when it finished."""
+        result, problem = self.read_result()
+        if result is not None:
+            return ""
+        try:
+            epochs = tomllib.loads((self.path / "recipe.toml").read_text()).get("epochs")
         except (OSError, ValueError):
-            return None
+            epochs = None
+        total = f" of {epochs}" if isinstance(epochs, int) else ""
+        step = ckpt.state.get("next_step") or 0
+        return (f"{ckpt.state.get('next_epoch')}{total} epochs" + (f" and {step} steps" if step else "") +
+                " done" + (f"; {problem}" if problem else ", no result.json"))
+
+    def result(self) -> dict | None:
+        """result.json when it is a valid result of this run, else None (see read_result)."""
+        return self.read_result()[0]
+
+    def read_result(self) -> tuple[dict | None, str]:
+        """(result, "") for a valid result.json of this run; (None, why not) otherwise, the reason
+        "" when there is no result.json at all. A result is read back only through here: a
+        cut, hand-edited or copied file (red team 2, probes 5.3-5.5, 5.11) is never used."""
+        try:
+            text = self.result_file.read_text()
+        except FileNotFoundError:
+            return None, ""
+        except (OSError, UnicodeDecodeError) as e:
+            return None, f"{shown(self.result_file)} is unreadable ({e.__class__.__name__})"
+        try:
+            res = json.loads(text)
+        except ValueError:
+            return None, f"{shown(self.result_file)} is not valid JSON (cut by a kill or edited?)"
+        problem = result_problem(res, (self.run_info() or {}).get("hash"))
+        return (None, f"{shown(self.result_file)} {problem}") if problem else (res, "")
 
     # -- start / guard -------------------------------------------------------------------
     def _foreign_files(self) -> list[str]:
@@ -212,11 +316,13 @@ class RunDir:
         return [n for n in names if n != LOCK_FILE and not _LEFTOVER.match(n)]
 
     def lock(self) -> None:
-        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too)."""
+        """Hold an exclusive flock on <run>/.lock until `unlock` or this process's end (a kill releases it too).
+        The lock file is never followed: a `.lock` that is a symlink (a copied or downloaded run
+        directory) would have had its target truncated and overwritten with our pid (probe 9.6)."""
         key = str(self.path.resolve())
         if key in _HELD_LOCKS:
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_own_file(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -239,8 +345,10 @@ class RunDir:
             p = self.path / name
             if name in RUN_FILES or _LEFTOVER.match(name):
                 p.unlink()
-            elif name in RUN_DIRS and p.is_dir():
-                shutil.rmtree(p)
+        for ckpt in self.checkpoints() + self._checkpoint_leftovers():
+            shutil.rmtree(ckpt)
+        if self.ckpt_root.is_dir() and not self.ckpt_root.is_symlink() and not os.listdir(self.ckpt_root):
+            self.ckpt_root.rmdir()
 
     def prepare(self, recipe_hash: str, name: str, recipe_toml: str, resume: bool, overwrite: bool) -> None:
         """Create the directory or check that it holds this same recipe's run, and lock it."""
@@ -257,6 +365,11 @@ class RunDir:
     def _prepare(self, recipe_hash, name, recipe_toml, resume, overwrite) -> None:
         if self._foreign_files() and self.run_info() is None:
             # Refuse before creating anything (no .lock) in a directory that is not ours.
+            damaged = self._damaged_run_json()
+            if damaged:  # probe 5.12: a cut run.json hid a finished run behind "choose another --out"
+                raise UserError(f"{shown(self.path / 'run.json')} is damaged ({damaged}), so this directory is "
+                                "not recognised as a run; restore the file, or move the directory away to train "
+                                "again")
             if overwrite:
                 raise UserError(f"{shown(self.path)} holds files that are not a gluon-tricks run; "
                                 "--overwrite only replaces runs: choose another --out")
@@ -286,34 +399,46 @@ class RunDir:
                 (self.path / leftover).unlink()
         # run.json (the marker) first: a kill between the two writes leaves a recognisable run.
         atomic_write_json(self.path / "run.json", {"tool": TOOL, "format": FORMAT, "hash": recipe_hash, "name": name})
-        atomic_write_text(self.path / "recipe.toml", recipe_toml)
+        if not (resume and self.checkpoints() and (self.path / "recipe.toml").is_file()):
+            # A resume keeps the recipe.toml the run started with: [system] (devices, device_batch)
+            # may change at a resume, and result.json lists each segment's (probe 2.10).
+            atomic_write_text(self.path / "recipe.toml", recipe_toml)
 
     # -- metrics ---------------------------------------------------------------------------
-    def read_metrics(self) -> list[dict]:
-        rows = []
+    def read_metrics(self, warn: bool = False) -> list[dict]:
+        """The valid epoch rows of metrics.jsonl. A line cut by a kill mid-write, or one that is not
+        an epoch row (probes 5.14, 5.15), is skipped; `warn` says so on stderr, naming the file."""
+        rows, bad = [], 0
         try:
             lines = self.metrics_file.read_text().splitlines()
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return rows
         for line in lines:
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                continue  # a line cut by a kill mid-write
+                row = None
+            if metrics_row_problem(row):
+                bad += 1
+            else:
+                rows.append(row)
+        if bad and warn:
+            print(f"warning: {shown(self.metrics_file)}: skipped {bad} line(s) that are not epoch rows",
+                  file=sys.stderr)
         return rows
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep one line per epoch before `before_epoch` (resume replays the rest)."""
         seen, kept = set(), []
         for row in self.read_metrics():
-            if row.get("epoch", 1 << 30) < before_epoch and row["epoch"] not in seen:
+            if row["epoch"] < before_epoch and row["epoch"] not in seen:
                 seen.add(row["epoch"])
                 kept.append(row)
         atomic_write_text(self.metrics_file, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def append_metrics(self, row: dict) -> None:
         try:
-            with open(self.metrics_file, "a") as f:
+            with os.fdopen(_open_own_file(self.metrics_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a") as f:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -329,7 +454,7 @@ class RunDir:
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_root / f"epoch{epoch:04d}-step{step:07d}"
         tmp = self.ckpt_root / f".tmp-{final.name}-{os.getpid()}"
-        for stale in self.ckpt_root.glob(".tmp-*"):  # left by a process killed mid-save
+        for stale in self._checkpoint_leftovers():  # left by a process killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
         try:
             tmp.mkdir()
@@ -363,9 +488,18 @@ class RunDir:
         return final
 
     def checkpoints(self) -> list[Path]:
+        """The checkpoints this run wrote, oldest first: directories named as save_checkpoint
+        names them (a symlink by that name is not ours either)."""
+        return self._own_entries(CHECKPOINT_NAME)
+
+    def _checkpoint_leftovers(self) -> list[Path]:
+        return self._own_entries(_CHECKPOINT_LEFTOVER)
+
+    def _own_entries(self, pattern: re.Pattern) -> list[Path]:
         if not self.ckpt_root.is_dir():
             return []
-        return sorted(p for p in self.ckpt_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in self.ckpt_root.iterdir()
+                      if pattern.match(p.name) and p.is_dir() and not p.is_symlink())
 
     def verify(self, path: Path) -> Checkpoint:
         """The checkpoint at `path`, or UserError saying what is wrong with it."""
@@ -396,22 +530,97 @@ class RunDir:
         return None
 
 
+def _open_own_file(path: Path, flags: int) -> int:
+    """A file descriptor of a run's own regular file, never of what a symlink by its name points to."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise UserError(f"{shown(path)} is a symlink or not a regular file; a run directory's own files are never "
+                    "followed elsewhere: remove it (or copy the run without links) and run again")
+
+
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
     """The finished run of a recipe, wherever its directory is named: in the runs root first,
     then among the committed results."""
+    path, result, _ = lookup_result(recipe_hash, root)
+    return (path, result) if result is not None else None
+
+
+def lookup_result(recipe_hash: str, root: Path | None = None) -> tuple[Path | None, dict | None, str]:
+    """(run directory, valid result, "") for a finished run of the recipe. Else (None, None, "")
+    when no directory holds the recipe, (its directory, None, "") when the run is unfinished (no
+    result.json), and (its directory, None, what is wrong) when a file of it is unreadable."""
     root = Path(root) if root else runs_root()
+    first: tuple[Path | None, str] = (None, "")
     for base in (root, committed_results_root()):
         if base is None or not base.is_dir():
             continue
         for d in sorted(base.iterdir()):
             rd = RunDir(d)
-            if d.is_dir() and d.name.endswith(recipe_hash) or (rd.run_info() or {}).get("hash") == recipe_hash:
-                res = rd.result()
-                if res is not None and (rd.run_info() or {}).get("hash") == recipe_hash:
-                    return d, res
-    return None
+            info = rd.run_info() or {}
+            if info.get("hash") == recipe_hash:
+                res, problem = rd.read_result()
+                if res is not None:
+                    return d, res, ""
+            elif d.name.endswith(f"-{recipe_hash}") and rd._damaged_run_json():
+                problem = f"{shown(d / 'run.json')} is damaged ({rd._damaged_run_json()})"
+            else:
+                continue
+            if first[0] is None or (problem and not first[1]):  # an unreadable file is worth naming first
+                first = (d, problem)
+    return first[0], None, first[1]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What the tables, plots and the result summary read from a metrics row.
+METRICS_ROW_KEYS = ("top1", "top5", "train_loss", "lr", "seconds", "images_per_sec")
+
+
+def metrics_row_problem(row) -> str:
+    """Why `row` (one parsed metrics.jsonl line) is not an epoch row; "" when it is. Values may be
+    NaN (a diverged epoch is still a row)."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool) or row["epoch"] < 0:
+        return "no epoch number"
+    missing = [k for k in METRICS_ROW_KEYS if not _is_number(row.get(k))]
+    return f"no number for {', '.join(missing)}" if missing else ""
+
+
+def result_problem(res, run_hash: str | None) -> str:
+    """Why `res` (a parsed result.json) cannot be shown as the result of the run whose run.json
+    holds `run_hash`; "" when it can."""
+    import math
+
+    if not isinstance(res, dict):
+        return "is not a JSON object"
+    bad = [k for k in ("final_top1", "final_top5", "seconds_per_epoch")
+           if not _is_number(res.get(k)) or not math.isfinite(res[k])]
+    if bad:
+        return f"has no finite number for {', '.join(bad)}"
+    if not isinstance(res.get("epochs"), int) or not isinstance(res.get("hardware"), dict):
+        return "lacks epochs or hardware"
+    if res.get("hash") != run_hash:  # probe 5.11: another run's result copied into this directory
+        return f"belongs to another run (its hash {shown(res.get('hash'))}, the run's {shown(run_hash)})"
+    return ""
 
 
 def run_dir_for(recipe_name: str, recipe_hash: str, root: Path | None = None) -> Path:
+    """<root>/<name>-<hash>: always directly inside the runs root (recipe loading refuses other names;
+    this guards a Recipe built without it)."""
     root = Path(root) if root else runs_root()
-    return root / f"{recipe_name}-{recipe_hash}"
+    path = root / f"{recipe_name}-{recipe_hash}"
+    if path.parent != root or path.name in (".", ".."):
+        raise UserError(f"recipe name '{shown(recipe_name)[:80]}' is not a plain file name: its run directory "
+                        f"would not be inside {shown(root)}")
+    return path

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gluon_tricks.errors import Interrupted, UserError
+from gluon_tricks.errors import Interrupted, UserError, shown
 from gluon_tricks.paths import cores
 from gluon_tricks.recipe import Recipe, content_hash
 
@@ -160,7 +160,7 @@ def train_in_process(name: str, pending: list[PendingRun], progress: bool) -> No
 
     for run in pending:
         if progress:
-            print(f"== {name}: {run.label} (seed {run.recipe.seed}) -> {run.out}", flush=True)
+            print(f"== {name}: {shown(run.label)} (seed {run.recipe.seed}) -> {run.out}", flush=True)
         engine.train(run.recipe, run.out, resume=run.resume, progress=progress)
         gc.collect()  # Parameter <-> Trainer reference cycles hold the finished run's arrays
 
@@ -201,7 +201,7 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
                     environment = device.environment(threads)
                 if progress:
                     where = " ".join(f"{k}={v}" for k, v in environment.items() if k == "CUDA_VISIBLE_DEVICES")
-                    print(f"== {name}: {run.label} (seed {recipe.seed}) on {recipe.system.ctx}"
+                    print(f"== {name}: {shown(run.label)} (seed {recipe.seed}) on {recipe.system.ctx}"
                           f"{f' ({where})' if where else ''} -> {run.out}", flush=True)
                 executor = row_executor(environment)  # one process per run
                 future = executor.submit(_train_row, recipe.to_dict(), run.recipe_hash, str(run.out), run.resume,
@@ -219,7 +219,7 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
                     failures.append((label, error))
                 elif progress and quiet_rows:
                     result = future.result()
-                    print(f"== {name}: {label} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
+                    print(f"== {name}: {shown(label)} (seed {recipe.seed}) done: top-1 {result['final_top1']:.2f}",
                           flush=True)
     except KeyboardInterrupt:
         # The rows' processes got the Ctrl-C too: each checkpoints at its next step and exits.

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import csv
 import statistics
+import sys
 from gluon_tricks._compat import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, shown
 from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, source_bn_group
 from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
@@ -119,6 +120,7 @@ def load_table(root: Path, name: str) -> Table:
             raw = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{path}: not valid TOML ({e})") from None
+    _check_table_types(raw, path)
     common = list(raw.get("set", []))
     out_of_scope = raw.get("out_of_scope", "")
     rows = []
@@ -134,6 +136,45 @@ def load_table(root: Path, name: str) -> Table:
                         r.get("provenance", "" if r.get("listed") else raw.get("provenance", "")), r.get("listed", "")))
     return Table(name, raw.get("title", name), rows, raw.get("note", ""), path, int(raw.get("seeds", 1)),
                  out_of_scope)
+
+
+_TEXT_KEYS = ("title", "note", "out_of_scope", "provenance")
+_ROW_TEXT_KEYS = ("label", "recipe", "note", "provenance", "listed")
+
+
+def _check_table_types(raw: dict, path: Path) -> None:
+    """Every key a table file may hold has the type the code reads it as; else one line naming
+    the file and the key (red team 2, probes 1.15-1.18: `rows = 5`, `seeds = "x"`, `seeds = 0`,
+    `paper = "x.csv"` gave tracebacks, or a table that trains nothing)."""
+    def fail(key, want, value):
+        raise UserError(f"{shown(path)}: {key} must be {want}, got {shown(repr(value))[:80]}")
+
+    def strings(key, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(key, 'a list of "key=value" strings', value)
+
+    for key in _TEXT_KEYS:
+        if key in raw and not isinstance(raw[key], str):
+            fail(key, "a string", raw[key])
+    seeds = raw.get("seeds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        fail("seeds", "a whole number >= 1", seeds)
+    if "set" in raw:
+        strings("set", raw["set"])
+    rows = raw.get("rows", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        fail("rows", "a list of [[rows]] tables", rows)
+    for i, r in enumerate(rows):
+        for key in _ROW_TEXT_KEYS:
+            if key in r and not isinstance(r[key], str):
+                fail(f"row {i + 1} {key}", "a string", r[key])
+        if "set" in r:
+            strings(f"row {i + 1} set", r["set"])
+        paper = r.get("paper", {})
+        if not isinstance(paper, dict) or "paper" in r and not isinstance(paper.get("csv"), str) \
+                or not isinstance(paper.get("match", {}), dict):
+            fail(f"row {i + 1} paper", '{ csv = "<file in gluon_tricks/paper_numbers>", row = "<first column>" }',
+                 paper)
 
 
 def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list:
@@ -233,21 +274,25 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             overrides=(), parallel: int | None = None) -> list[dict]:
     """One dict per row: ours (mean/std over the seeds that have results) and the paper's;
     ours are the runs with the BatchNorm group this machine (and --ctx, --parallel) gives."""
-    from gluon_tricks.results import RunDir, find_result
+    from gluon_tricks.results import RunDir, lookup_result
 
     seeds = seeds or table.seeds
     slots = parallel_slots(table, parallel, epochs_scale, overrides)
     devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, groups = [], [], [], []
+        results, runs, hashes, missing, groups = [], [], [], [], []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
             hashes.append(content_hash(recipe, groups[-1][0]))
-            found = find_result(hashes[-1], runs_root)
-            if found:
-                runs.append(found[0])
-                results.append(found[1])
+            path, result, problem = lookup_result(hashes[-1], runs_root)
+            if result is not None:
+                runs.append(path)
+                results.append(result)
+                continue
+            if problem:  # a file that is there but cannot be used is named, never skipped silently
+                print(f"warning: {problem}; row '{shown(row.label)}' shown without it", file=sys.stderr)
+            missing.append(f"seed {recipe.seed}: " + (problem or ("unfinished, " + shown(path) if path else "not run")))
         top1, top1_sd = _stat([r["final_top1"] for r in results])
         top5, top5_sd = _stat([r["final_top5"] for r in results])
         out.append({
@@ -265,17 +310,21 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             # (ours, the paper's) images per BatchNorm group, where they differ
             "bn_group": next(((ours, paper) for ours, paper in groups if ours is not None and ours != paper), None),
             "recipe": str(row.recipe_path) if row.recipe_path else "",
-            "metrics": [RunDir(p).read_metrics() for p in runs],
+            "metrics": [RunDir(p).read_metrics(warn=True) for p in runs],
+            "missing": missing,  # one line per seed without a usable result
         })
     return out
 
 
-def _fmt(mean, std, runs, listed: str = "") -> str:
+def _fmt(mean, std, runs, seeds: int = 1, listed: str = "") -> str:
+    """A cell: mean ± std, and "(runs/seeds)" when some seeds have no result, so a 2-seed mean is
+    never read as the 3-seed one the notes announce (red team 2, probes 5.1, 5.2)."""
     if listed:
         return "listed"
     if mean is None:
         return "not run"
-    return f"{mean:.2f}" if runs < 2 else f"{mean:.2f} ± {std:.2f}"
+    text = f"{mean:.2f}" if runs < 2 else f"{mean:.2f} ± {std:.2f}"
+    return text + (f" ({runs}/{seeds})" if runs < seeds else "")
 
 
 def _paper(r: dict, metric: str) -> str:
@@ -313,9 +362,9 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
     for r in rows:
         group = bn_group_text(r)
         body.append([
-            r["label"] + (f" ({group})" if group else ""), "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], r["listed"]),
+            r["label"] + (f" ({group})" if group else ""), "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], seeds, r["listed"]),
             _paper(r, "top1"), _diff(r["top1"], r.get("paper_top1")),
-            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"], r["listed"]),
+            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"], seeds, r["listed"]),
             _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
@@ -326,9 +375,11 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
     if epochs_scale != 1.0:
         notes.append(f"epochs scaled by {epochs_scale:g}: not comparable with the paper's full-length runs")
     if hw:
-        notes.append(f"ran on {', '.join(hw['ctx'])} ({hw['machine']}, {hw['cpus']} CPUs)")
+        notes.append(f"ran on {', '.join(map(str, hw.get('ctx', [])))} ({hw.get('machine')}, {hw.get('cpus')} CPUs)")
     if seeds > 1:
-        notes.append(f"ours: mean ± std over {seeds} seeds")
+        notes.append(f"ours: mean ± std over {seeds} seeds; (k/{seeds}): only k seeds have results")
+    notes += [f"{r['label']}: {r['runs']} of {seeds} seeds have results; missing {'; '.join(r['missing'])}"
+              for r in rows if r["runs"] and r["missing"]]
     if any(r.get("paper_top1_alt") is not None for r in rows):
         notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
     if table.note:
@@ -402,13 +453,22 @@ def shared_result_notes(rows: list[dict]) -> list[str]:
 
 
 def list_tables(root: Path, runs_root=None) -> list[str]:
+    """One line per table; a table that cannot be read is one line saying why (probe 1.15: one
+    bad file broke the listing of every table)."""
     out = []
     for name in table_names(root):
-        t = load_table(root, name)
-        if t.out_of_scope:
-            out.append(f"{name:<24} out of scope       {t.title}")
-            continue
-        done = sum(1 for r in collect(t, runs_root=runs_root) if r["runs"])
-        runnable = sum(1 for r in t.rows if r.recipe_path is not None)
-        out.append(f"{name:<24} {done}/{runnable} rows run  {t.title}")
+        try:
+            t = load_table(root, name)
+            line = _listing(name, t, runs_root)
+        except UserError as e:
+            line = f"{name:<24} error: {shown(e)}"
+        out.append(line)
     return out
+
+
+def _listing(name: str, t: Table, runs_root) -> str:
+    if t.out_of_scope:
+        return f"{name:<24} out of scope       {t.title}"
+    done = sum(1 for r in collect(t, runs_root=runs_root) if r["runs"])
+    runnable = sum(1 for r in t.rows if r.recipe_path is not None)
+    return f"{name:<24} {done}/{runnable} rows run  {t.title}"

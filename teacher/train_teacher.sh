@@ -15,4 +15,4 @@ run="runs/teacher-resnext29-$labels"
 resume=()
 [ -d "$run/checkpoints" ] && resume=(--resume)
 gluon-tricks train "$recipe" --out "$run" "${resume[@]}" "$@"
-gluon-tricks export "$run" "$here/cifar_resnext29_16x64d-cifar100-$labels.params"
+gluon-tricks export --overwrite "$run" "$here/cifar_resnext29_16x64d-cifar100-$labels.params"

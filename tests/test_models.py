@@ -212,7 +212,7 @@ def test_export_copies_the_newest_valid_checkpoint(tmp_path, tiny_recipe_dict):
     assert main(["export", str(tmp_path / "run"), str(out)]) == 0
     assert out.read_bytes() == newest
     (ckpts[2] / "net.params").write_bytes(newest[: len(newest) // 2])
-    assert main(["export", str(tmp_path / "run"), str(out)]) == 0
+    assert main(["export", str(tmp_path / "run"), str(out), "--overwrite"]) == 0
     assert out.read_bytes() == older
     teacher = load_teacher(DistillSpec(teacher=str(out), teacher_model="cifar_resnet20_v1"), 10, [mx.cpu()])
     assert output_classes(teacher) == 10

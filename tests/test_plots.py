@@ -89,10 +89,11 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
             (d / "run.json").write_text(json.dumps({"tool": "gluon-tricks", "format": 1, "hash": content_hash(recipe),
                                                     "name": recipe.name}))
             (d / "result.json").write_text(json.dumps({
-                "final_top1": top1, "final_top5": 50.0, "seconds_per_epoch": 1.0, "epochs": 2,
-                "hardware": {"ctx": ["cpu"], "machine": "x", "cpus": 2}}))
+                "hash": content_hash(recipe), "final_top1": top1, "final_top5": 50.0, "seconds_per_epoch": 1.0,
+                "epochs": 2, "hardware": {"ctx": ["cpu"], "machine": "x", "cpus": 2}}))
             (d / "metrics.jsonl").write_text("".join(
-                json.dumps({"epoch": e, "top1": top1, "train_loss": 1.0}) + "\n" for e in range(2)))
+                json.dumps({"epoch": e, "top1": top1, "top5": 50.0, "train_loss": 1.0, "lr": 0.1, "seconds": 1.0,
+                            "images_per_sec": 10.0}) + "\n" for e in range(2)))
         expected[i] = 10.0 * i + 0.5
     twins = twin_rows(table)
     assert len(twins) == 7 and all("(fine)" in table.rows[f].label for _, _, f in twins)

@@ -73,7 +73,8 @@ def test_every_row_runs_coarse_and_fine_with_the_same_recipe_and_3_seeds():
 def _fake_run(d: Path, h: str, top1: float):
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps({"tool": "gluon-tricks", "format": 1, "hash": h, "name": "x"}))
-    (d / "result.json").write_text(json.dumps({"final_top1": top1}))
+    (d / "result.json").write_text(json.dumps({"hash": h, "final_top1": top1, "final_top5": 50.0, "epochs": 1,
+                                               "seconds_per_epoch": 1.0, "hardware": {"ctx": ["cpu(0)"]}}))
 
 
 def test_committed_results_are_found_after_the_runs_root(tmp_path, monkeypatch):

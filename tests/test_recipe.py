@@ -92,7 +92,7 @@ def test_scale_epochs_keeps_schedule_shape():
                           "mixup": {"kind": "interpolation", "off_last_epochs": 20}})
     s = scale_epochs(r, 0.1)
     assert (s.epochs, s.schedule.warmup_epochs, s.schedule.decay_epochs, s.mixup.off_last_epochs) == \
-        (20, 0, [3, 6, 9], 2)
+        (20, 1, [3, 6, 9], 2)  # a 0.5-epoch warm-up rounds half up to 1 (it was round()'s 0)
     assert s.epochs_scale == pytest.approx(0.1) and content_hash(s) != content_hash(r)
 
 

@@ -101,3 +101,11 @@ def test_per_epoch_warmup_and_constant_schedule():
     # the Food-101 tutorial: lr * (epoch + 1) / m through epoch < m, the same at every step of an epoch
     lrs = [lr_at(t, "constant", 1e-4, IPE, 6, warmup_epochs=3, warmup_every="epoch") for t in range(6 * IPE)]
     assert lrs == pytest.approx([1e-4 / 3] * IPE + [2e-4 / 3] * IPE + [1e-4] * 4 * IPE)
+
+
+def test_decay_every_epoch_holds_one_rate_per_epoch_for_poly_and_cosine():
+    # epoch e after a 2-epoch warm-up of a 6-epoch run: t = e - 2 of T = 4 whole epochs
+    for kind, f in (("poly", lambda x: 0.1 * (1 - x) ** 2), ("cosine", lambda x: 0.05 * (1 + math.cos(math.pi * x)))):
+        lrs = [lr_at(t, kind, 0.1, IPE, 6, warmup_epochs=2, decay_every="epoch") for t in range(6 * IPE)]
+        for e in range(2, 6):
+            assert lrs[e * IPE:(e + 1) * IPE] == pytest.approx([f((e - 2) / 4)] * IPE, rel=1e-12), (kind, e)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, shown
 
 # The real subsets shipped inside the package (each folder's README says how they were cut).
 MINI_ROOTS = {
@@ -122,20 +122,40 @@ def read_python(path: Path, dataset: str, fine_labels: bool = True) -> tuple[np.
     key = b"labels" if dataset == "cifar10" else (b"fine_labels" if fine_labels else b"coarse_labels")
     if not isinstance(d, dict) or b"data" not in d or key not in d:
         raise UserError(f"{path}: CIFAR python-format file without b'data' and {key!r}; download it again")
-    data = np.asarray(d[b"data"], dtype=np.uint8)
+    data = _pixels(np.asarray(d[b"data"]), path)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: data has shape {data.shape}, expected (N, 3072)")
-    try:
-        labels = np.asarray(d[key], dtype=np.int64)
-    except (TypeError, ValueError):
-        labels = None
-    if labels is None or labels.ndim != 1:
-        raise UserError(f"{path}: {key.decode()} is not a list of integer labels; download it again")
+    labels = _integer_labels(d[key], path, key.decode())
     if len(labels) != len(data):
         # Accepting it would pair every later image with another image's label.
         raise UserError(f"{path}: {len(labels)} labels for {len(data)} images; the file is damaged: download it again")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
+
+
+def _pixels(data: np.ndarray, path: Path) -> np.ndarray:
+    """The official files hold uint8 pixels. Any other integer array must stay in 0..255, and
+    floats are refused: a cast would turn images in [0, 1] into black ones and wrap 256 to 0
+    (reliability-redteam-2 probes 7.3, 7.4)."""
+    if data.dtype.kind not in "ui":
+        raise UserError(f"{path}: data has dtype {data.dtype}, expected integer pixels 0..255 (uint8); "
+                        "float images? multiply by 255 and cast to uint8")
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise UserError(f"{path}: data holds values {data.min()}..{data.max()}, expected pixels 0..255 (uint8)")
+    return data.astype(np.uint8)
+
+
+def _integer_labels(values, path: Path, key: str) -> np.ndarray:
+    """Integer labels (numbers, or digit strings as some converters write them); a float label
+    would be truncated to another class (probe 7.5)."""
+    try:
+        raw = np.asarray(values)
+        if raw.ndim == 1 and raw.dtype.kind in "uiSU":
+            return raw.astype(np.int64)
+    except (TypeError, ValueError):
+        raw = None
+    dtype = f" (dtype {raw.dtype})" if raw is not None and raw.dtype.kind == "f" else ""
+    raise UserError(f"{path}: {key} is not a list of integer labels{dtype}; download it again")
 
 
 def _find_files(root: Path, dataset: str, train: bool):
@@ -177,6 +197,10 @@ def _download(root: Path, dataset: str) -> None:
     expected = ", ".join(BINARY_FILES[dataset][0] + BINARY_FILES[dataset][1])
     try:
         root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a read-only MXNET_HOME: not a download failure (probe 3.8)
+        raise UserError(f"{dataset} not found in {shown(root)}, and cannot create {shown(root)} to download it into: "
+                        f"{e.strerror}; set MXNET_HOME or data.root to a writable directory") from None
+    try:
         url, name, sha1 = _official_archive(dataset, root)
         print(f"downloading {dataset} from {url} into {root}", flush=True)
         with requests.get(url, stream=True, timeout=(DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT)) as r:

@@ -64,6 +64,10 @@ class NamedDecodeErrors:
             return self.dataset[i]
         except Exception as e:  # OpenCV/MXNet decode errors have no common type
             path = self.dataset.items[i][0] if hasattr(self.dataset, "items") else f"item {i}"
+            if isinstance(e, UnicodeEncodeError):  # MXNet's imread takes the name as UTF-8 (probe 7.19)
+                raise UserError(f"image {shown(path)}: its file name is not UTF-8, which MXNet's image reader "
+                                "cannot open; rename it, or convert the folder with `gluon-tricks prepare`, "
+                                "which reads such names") from None
             raise UserError(f"unreadable image {shown(path)} ({e.__class__.__name__}); delete or replace it, "
                             "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,21 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # -- preparing RecordIO ------------------------------------------------------------------------
 def list_images(src: Path) -> tuple[list[tuple[int, str]], list[str]]:
-    """(label, relative path) of every image, labels by sorted class-folder name."""
+    """(label, relative path) of every image, labels by sorted class-folder name.
+
+    A class folder that resolves to `src` or one of its ancestors (`train/z -> .`) is not a
+    class: following it would list every image a second time under a phantom label
+    (reliability-redteam-2 probe 7.18)."""
     src = Path(src)
     if not src.is_dir():
-        raise UserError(f"image folder {src} not found; it needs one sub-folder per class")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir())
+        raise UserError(f"image folder {shown(src)} not found; it needs one sub-folder per class")
+    here = src.resolve()
+    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and d.resolve() not in (here, *here.parents))
     if not classes:
-        raise UserError(f"{src} has no class sub-folders (expected {src}/<class>/<image>.jpg)")
+        raise UserError(f"{shown(src)} has no class sub-folders (expected {shown(src)}/<class>/<image>.jpg)")
+    not_utf8 = [c for c in classes if not _is_utf8(c)]
+    if not_utf8:  # classes.txt, which training reads back, is UTF-8 text
+        raise UserError(f"class folder name {shown(not_utf8[0])} is not UTF-8; rename it (nothing was written)")
     items = []
     for label, name in enumerate(classes):
         for f in sorted((src / name).rglob("*")):
@@ -52,12 +61,28 @@ def list_images(src: Path) -> tuple[list[tuple[int, str]], list[str]]:
     return items, classes
 
 
+def _is_utf8(name: str) -> bool:
+    """False for a name Python decoded with surrogate escapes (its bytes are not UTF-8)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _encode(args):
-    """Worker: read, resize the shorter side, re-encode as JPEG. None if unreadable."""
+    """Worker: read, resize the shorter side, re-encode as JPEG. None if unreadable.
+
+    The file is read by Python and decoded from memory: `cv2.imread` takes the name as a
+    C string and segfaults on one that is not UTF-8 (probe 7.20)."""
     import cv2
 
     path, resize, quality = args
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+        img = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    except (OSError, cv2.error):  # a dangling or looping link, a directory named .jpg
+        return None
     if img is None:
         return None
     if resize > 0:
@@ -66,6 +91,47 @@ def _encode(args):
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return buf.tobytes() if ok else None
+
+
+# What `_encoded` yields for a file whose decoder killed the worker process.
+CRASHED = object()
+# Files handed to the pool at a time: after a crash, only these are retried one by one.
+BLOCK = 512
+
+
+def _encoded(jobs: list, workers: int):
+    """`_encode` of each job, in order, on `workers` processes. A decoder that kills its
+    process (a segfault in OpenCV or libjpeg) breaks a `ProcessPoolExecutor` at once, where
+    `multiprocessing.Pool` waited forever for the lost task (probe 7.20): the block is then
+    retried one file at a time, and the file that kills a process again gets CRASHED."""
+    pool = ProcessPoolExecutor(workers)
+    try:
+        for start in range(0, len(jobs), BLOCK):
+            block = jobs[start:start + BLOCK]
+            try:
+                results = list(pool.map(_encode, block, chunksize=16))
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                results = _encode_one_by_one(block)
+                pool = ProcessPoolExecutor(workers)
+            yield from results
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _encode_one_by_one(block: list) -> list:
+    out, one = [], ProcessPoolExecutor(1)
+    try:
+        for job in block:
+            try:
+                out.append(one.submit(_encode, job).result())
+            except BrokenProcessPool:
+                out.append(CRASHED)
+                one.shutdown(wait=True)
+                one = ProcessPoolExecutor(1)
+    finally:
+        one.shutdown(wait=True)
+    return out
 
 
 # Characters that would break a tab-separated .lst row (im2rec's format) or a listing line.
@@ -152,12 +218,15 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc=f"prepare {name}", unit="img")
-    written = 0
+    written, crashed = 0, []
     try:
-        with Pool(workers) as pool, open(temps["lst"], "w") as lst:
-            for i, encoded in enumerate(pool.imap(_encode, jobs, chunksize=16)):
+        # surrogateescape: a file name that is not UTF-8 is listed with its own bytes
+        with open(temps["lst"], "w", encoding="utf-8", errors="surrogateescape") as lst:
+            for i, encoded in enumerate(_encoded(jobs, workers)):
                 label, rel = items[i]
-                if encoded is None:
+                if encoded is CRASHED:
+                    crashed.append(rel)
+                if encoded is None or encoded is CRASHED:
                     skipped.append(rel)
                 else:
                     header = mx.recordio.IRHeader(0, float(label), written, 0)
@@ -170,14 +239,18 @@ def _write_records(src, items, classes, temps, resize, quality, workers, progres
         record.close()
         if bar is not None:
             bar.close()
-    temps["skipped.txt"].write_text("".join(s + "\n" for s in skipped))
-    return {"records": written, "skipped": skipped, "classes": len(classes)}
+    temps["skipped.txt"].write_text("".join(s + "\n" for s in skipped), encoding="utf-8", errors="surrogateescape")
+    return {"records": written, "skipped": skipped, "crashed": crashed, "classes": len(classes)}
 
 
 def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     """Decode every record of PREFIX.rec (via its .idx); list the ones that do not decode.
     With `repair_to`, write the good records to a new REPAIR.rec/.idx (the bad ones skipped
-    and counted): ImageRecordIter cannot skip a corrupt record, it stops the epoch."""
+    and counted), plus REPAIR.lst and REPAIR.classes.txt when PREFIX has them:
+    ImageRecordIter cannot skip a corrupt record, it stops the epoch.
+
+    The repair is written under temporary names and renamed at the end (as `prepare` does),
+    and never onto the files it reads: MXNet's writer truncates its files when it opens them."""
     import cv2
     import mxnet as mx
 
@@ -185,38 +258,94 @@ def check_records(prefix: Path, repair_to: Path | None = None) -> dict:
     rec_path, idx_path = Path(f"{prefix}.rec"), Path(f"{prefix}.idx")
     for p in (rec_path, idx_path):
         if not p.is_file():
-            raise UserError(f"{p} not found; give the prefix of a .rec/.idx pair, e.g. data/imagenet/train")
+            raise UserError(f"{shown(p)} not found; give the prefix of a .rec/.idx pair, e.g. data/imagenet/train")
+    finals, temps = {}, {}
+    if repair_to is not None:
+        finals = {ext: Path(f"{repair_to}.{ext}") for ext in REPAIR_FILES}
+        _refuse_repair_onto(prefix, repair_to, finals)
+        temps = {ext: p.with_name(f".{p.name}.tmp{os.getpid()}") for ext, p in finals.items()}
     reader = mx.recordio.MXIndexedRecordIO(str(idx_path), str(rec_path), "r")
-    writer = mx.recordio.MXIndexedRecordIO(f"{repair_to}.idx", f"{repair_to}.rec", "w") if repair_to else None
-    bad, good = [], 0
-    for key in reader.keys:
-        try:
-            header, payload = mx.recordio.unpack(reader.read_idx(key))
-            ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
-        except Exception:  # a damaged header raises from the unpacking itself
-            ok = False
-        if not ok:
-            bad.append(key)
-        elif writer is not None:
-            writer.write_idx(good, mx.recordio.pack(header._replace(id=good), payload))
-            good += 1
-        else:
-            good += 1
-    # A record started but never indexed (a kill mid-write) sits after the last indexed one;
-    # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
-    # must end exactly at the end of the file (records are padded to 4 bytes).
-    end = 0
-    if reader.keys:
-        last = max(reader.keys, key=lambda k: reader.idx[k])
-        reader.seek(last)
-        end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
-    trailing = rec_path.stat().st_size - end
-    reader.close()
-    if writer is not None:
-        writer.close()
+    try:
+        writer = mx.recordio.MXIndexedRecordIO(str(temps["idx"]), str(temps["rec"]), "w") if temps else None
+        bad, kept = [], {}  # kept: old record key -> new one
+        for key in reader.keys:
+            try:
+                header, payload = mx.recordio.unpack(reader.read_idx(key))
+                ok = payload and cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR) is not None
+            except Exception:  # a damaged header raises from the unpacking itself
+                ok = False
+            if not ok:
+                bad.append(key)
+                continue
+            if writer is not None:
+                writer.write_idx(len(kept), mx.recordio.pack(header._replace(id=len(kept)), payload))
+            kept[key] = len(kept)
+        # A record started but never indexed (a kill mid-write) sits after the last indexed one;
+        # ImageRecordIter reads the .rec sequentially and aborts on it. The last indexed record
+        # must end exactly at the end of the file (records are padded to 4 bytes).
+        end = 0
+        if reader.keys:
+            last = max(reader.keys, key=lambda k: reader.idx[k])
+            reader.seek(last)
+            end = reader.idx[last] + 8 + ((len(reader.read()) + 3) // 4) * 4
+        trailing = rec_path.stat().st_size - end
+        if writer is not None:
+            writer.close()
+            _write_repair_extras(prefix, kept, temps)
+            # .rec last: a kill before it leaves no pair that looks complete
+            for ext in ("lst", "classes.txt", "idx", "rec"):
+                if temps[ext].exists():
+                    os.replace(temps[ext], finals[ext])
+    except (OSError, mx.MXNetError) as e:
+        if not temps:
+            raise
+        reason = "the disk is full" if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else \
+            (getattr(e, "strerror", None) or first_line(e, 160))
+        raise UserError(f"could not write {shown(repair_to)}.rec/.idx: {reason}; nothing was written "
+                        "(free space or choose another output)") from None
+    finally:
+        reader.close()
+        for t in temps.values():
+            try:
+                t.unlink(missing_ok=True)
+            except OSError:
+                pass
     if trailing:
         bad.append(f"{trailing} bytes after the last indexed record")
-    return {"records": good + len([b for b in bad if isinstance(b, int)]), "bad": bad}
+    return {"records": len(kept) + len([b for b in bad if isinstance(b, int)]), "bad": bad}
+
+
+REPAIR_FILES = ("rec", "idx", "lst", "classes.txt")
+
+
+def _refuse_repair_onto(prefix: Path, repair_to: Path, finals: dict) -> None:
+    """A repair must not replace the pair it reads (red team 7.27: written in place, both
+    files were truncated to 0 bytes) nor any other existing dataset."""
+    sources = {Path(f"{prefix}.{ext}").resolve() for ext in REPAIR_FILES}
+    onto = [p for p in finals.values() if p.resolve() in sources]
+    if onto:
+        raise UserError(f"--repair {shown(repair_to)} would write over the records it reads; "
+                        f"give a new prefix, e.g. {shown(prefix)}-clean (nothing was written)")
+    existing = [p for p in finals.values() if p.exists() or p.is_symlink()]
+    if existing:
+        raise UserError(f"{shown(existing[0])} already exists; give --repair a new prefix, or move the old "
+                        "files away (nothing was written)")
+
+
+def _write_repair_extras(prefix: Path, kept: dict, temps: dict) -> None:
+    """REPAIR.classes.txt (a copy) and REPAIR.lst (the kept rows, renumbered), so the repaired
+    prefix is a dataset like `prepare`'s output."""
+    classes = Path(f"{prefix}.classes.txt")
+    if classes.is_file():
+        temps["classes.txt"].write_bytes(classes.read_bytes())
+    lst = Path(f"{prefix}.lst")
+    if lst.is_file():
+        rows = []
+        for line in lst.read_text().splitlines():
+            key, sep, rest = line.partition("\t")
+            if sep and key.strip().isdigit() and int(key) in kept:
+                rows.append(f"{kept[int(key)]}\t{rest}\n")
+        temps["lst"].write_text("".join(rows))
 
 
 def _record_error(rec: Path, e: Exception) -> UserError:

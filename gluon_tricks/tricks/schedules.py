@@ -17,7 +17,7 @@ import math
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
           warmup_start_lr: float = 0.0, decay_epochs=(30, 60, 90), decay_factor: float = 0.1,
           power: float = 2.0, final_lr: float = 0.0, decay_from: str = "start",
-          warmup_every: str = "iteration") -> float:
+          warmup_every: str = "iteration", decay_every: str = "iteration") -> float:
     """The learning rate of iteration t (0-based).
 
     - warm-up: linear from warmup_start_lr at t=0 towards base_lr over warmup_epochs, per
@@ -29,7 +29,9 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
       warm-up and a step LRScheduler, as the follow-up's code built it);
     - cosine (Bag of Tricks eq. in Sec. 5.1): final + (base - final) * (1 + cos(pi t'/T)) / 2
       with t' and T the iteration and the total count after warm-up;
-    - poly: final + (base - final) * (1 - t'/T)**power.
+    - poly: final + (base - final) * (1 - t'/T)**power;
+    - decay_every "epoch" (cosine and poly): t' and T counted in whole epochs after the
+      warm-up, so the rate changes once per epoch (the Food-101 tutorial's cosine).
     """
     warm = warmup_epochs * iters_per_epoch
     if t < warm:
@@ -44,8 +46,10 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
         offset = warm if decay_from == "warmup_end" else 0
         passed = sum(1 for e in decay_epochs if t >= offset + e * iters_per_epoch)
         return base_lr * decay_factor ** passed
-    span = max(1, epochs * iters_per_epoch - warm)
-    frac = min(1.0, (t - warm) / span)
+    if decay_every == "epoch":
+        frac = min(1.0, ((t - warm) // iters_per_epoch) / max(1, epochs - warmup_epochs))
+    else:
+        frac = min(1.0, (t - warm) / max(1, epochs * iters_per_epoch - warm))
     if kind == "cosine":
         return final_lr + (base_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * frac))
     if kind == "poly":
@@ -59,7 +63,7 @@ def schedule_args(recipe) -> dict:
     return dict(kind=s.kind, base_lr=scaled_lr(recipe), epochs=recipe.epochs, warmup_epochs=s.warmup_epochs,
                 warmup_start_lr=s.warmup_start_lr, decay_epochs=tuple(s.decay_epochs),
                 decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr, decay_from=s.decay_from,
-                warmup_every=s.warmup_every)
+                warmup_every=s.warmup_every, decay_every=s.decay_every)
 
 
 def scaled_lr(recipe) -> float:

@@ -61,7 +61,7 @@ def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
     # The longest chain first: teacher, its export, the distillation row; then the other rows.
     teacher = scale_epochs(load_recipe(ROOT / "recipes" / "proxy" / TEACHERS[labels]), scale)
     teacher_run = run(teacher)
-    gluon_tricks("export", str(teacher_run), teacher_file)
+    gluon_tricks("export", str(teacher_run), teacher_file, "--overwrite")  # regenerating replaces it
     for rs in sorted(per_row, key=lambda rs: not rs[0].distill.teacher):
         run(rs[0])
     # Then the other seeds row by row, shortest rows first: as many rows as possible reach
