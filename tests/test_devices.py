@@ -190,3 +190,43 @@ def test_doctor_prints_each_rows_devices_and_per_device_batch_on_this_machine(mo
     main(["doctor", "--table", "followup/table3"])  # auto: one of the eight GPUs per follow-up row
     assert capsys.readouterr().out.splitlines()[0] == \
         "OK   followup/table3 'Baseline': 1 device(s) x 256 images (paper 1 x 256)"
+
+
+# --- one GPU per row process, and its share of the cores -----------------------------------
+
+def test_parallel_rows_each_see_only_their_gpus_as_gpu_0_on_a_faked_eight_gpu_machine(monkeypatch):
+    import os
+
+    from gluon_tricks.runner import row_executor
+    from gluon_tricks.tables import load_table, parallel_slots
+
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: 8)  # gpu contexts are only named here, never used
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    followup = parallel_slots(load_table(ROOT, "followup/table3"), 0)  # one V100 per row, as its paper
+    assert [s.devices for s in followup] == [(f"gpu:{i}",) for i in range(8)]
+    assert {s.ctx() for s in followup} == {"gpu:0"}
+    assert followup[5].environment(2) == {"CUDA_VISIBLE_DEVICES": "5", "OMP_NUM_THREADS": "2"}
+    bot = parallel_slots(load_table(ROOT, "bot/table4"), 0)  # 8 V100s per row: one row at a time
+    assert [s.devices for s in bot] == [tuple(f"gpu:{i}" for i in range(8))]
+    halves = parallel_slots(load_table(ROOT, "bot/table4"), 2)
+    assert halves[1].ctx() == "gpu:0,gpu:1,gpu:2,gpu:3"
+    assert halves[1].environment(8)["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    # the row's process starts with that environment, before it imports MXNet
+    with row_executor(followup[5].environment(2)) as child:
+        assert child.submit(os.getenv, "CUDA_VISIBLE_DEVICES").result() == "5"
+        assert child.submit(os.getenv, "OMP_NUM_THREADS").result() == "2"
+
+
+def test_rows_at_once_share_the_threads_and_a_shared_gpu_is_warned_about(monkeypatch):
+    from gluon_tricks.runner import row_slots, row_threads, shared_devices_warning
+
+    assert row_threads(2, budget=2) == 1  # `table demo --run --parallel 2` on 2 cores: one each
+    assert row_threads(3, budget=8) == 2 and row_threads(1, budget=8) == 8 and row_threads(4, budget=2) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")  # the CLI's default (every core) or the user's
+    assert row_threads(2) == 3
+    four_on_two = row_slots(["gpu:0", "gpu:1"], 1, 4)
+    assert [s.devices for s in four_on_two] == [("gpu:0",), ("gpu:1",), ("gpu:0",), ("gpu:1",)]
+    assert "share GPU memory" in shared_devices_warning(four_on_two)
+    assert shared_devices_warning(row_slots(["gpu:0", "gpu:1"], 1, 2)) is None
+    assert [s.ctx() for s in row_slots(["cpu:0", "cpu:1"], 1, 0)] == ["cpu:0", "cpu:1"]
+    assert row_slots(["cpu:0", "cpu:1"], 1, 0)[0].environment(1) == {"OMP_NUM_THREADS": "1"}
