@@ -13,6 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Every benchmark imports this module before its functions import mxnet: importing
+# gluon_tricks (here through paths.py) first loads, with the GPU wheel, the pip CUDA
+# libraries libmxnet.so needs (cuda_libs.py).
 from gluon_tricks.paths import cores  # noqa: F401  (the benchmarks take it from here)
 
 os.environ.setdefault("OMP_NUM_THREADS", str(cores()))
@@ -100,6 +103,19 @@ def reference_cifar_transform(color: bool = True):
     steps += [gcv_transforms.RandomCrop(32, pad=4), transforms.ToTensor(),
               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return transforms.Compose(steps)
+
+
+def reference_bot_transform(size: int = 224):
+    """GluonCV's train_imagenet.py training transform (the Bag of Tricks augmentation as
+    Gluon transforms), rebuilt from the public API."""
+    from mxnet.gluon.data.vision import transforms
+
+    from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD
+
+    return transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomFlipLeftRight(),
+                               transforms.RandomColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+                               transforms.RandomLighting(0.1), transforms.ToTensor(),
+                               transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def reference_loader(images, labels, batch_size: int, workers: int, color: bool = True, threads: bool = False):

@@ -19,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import gluon_tricks  # noqa: F401  first: with the GPU wheel it loads the pip CUDA libraries (cuda_libs.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

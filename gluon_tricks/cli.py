@@ -343,19 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # shown(): a path with a newline or ESC must not split or reach the terminal
         print(f"gluon-tricks: error: {shown(e)}", file=sys.stderr)
         return 2
-    except OSError as e:  # last resort: a filesystem refusal nobody mapped (read-only, name too long...)
-        where = f": {shown(e.filename)[:300]}" if e.filename else ""
-        print(f"gluon-tricks: error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("gluon-tricks: aborted", file=sys.stderr)
         return 130
     except Exception as e:
-        broken = broken_install(e)
-        if broken is None:
+        broken = broken_install(e)  # e.g. an OSError from a CUDA library libmxnet.so cannot load
+        if broken is not None:
+            print(f"gluon-tricks: error: importing {broken} failed ({e.__class__.__name__}: {shown(first_line(e, 160))}); "
+                  "the installed packages do not match setup.py's pins: run gluon-tricks doctor", file=sys.stderr)
+            return 2
+        if not isinstance(e, OSError):
             raise
-        print(f"gluon-tricks: error: importing {broken} failed ({e.__class__.__name__}: {shown(first_line(e, 160))}); "
-              "the installed packages do not match setup.py's pins: run gluon-tricks doctor", file=sys.stderr)
+        # last resort: a filesystem refusal nobody mapped (read-only, name too long...)
+        where = f": {shown(e.filename)[:300]}" if e.filename else ""
+        print(f"gluon-tricks: error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
         return 2
 
 

@@ -26,8 +26,8 @@ from gluon_tricks.paths import cores as machine_cores, mxnet_home, recipes_root,
 
 FEATURES = ("CUDA", "CUDNN", "NCCL", "DIST_KVSTORE")
 MXNET_WHEELS = ("mxnet", cuda_libs.CUDA_WHEEL)
-# CUDA 11 minor-version compatibility: any driver from 450.80.02 runs CUDA 11.x libraries.
-MIN_DRIVER = (450, 80, 2)
+# Other copies of the libraries preload() takes from pip (a CUDA toolkit's lib64, a DL AMI's cuDNN).
+COLLIDING_LIBS = ("libcudnn*.so.8*", "libcublas*.so.11*", "libnccl.so.2*", "libnvrtc*.so.11*")
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -110,7 +110,7 @@ def library_lines(lib: Path | None = None, loaded: dict | None = None) -> list[L
             continue
         if soname == cuda_libs.DRIVER_LIB:
             lines.append(Line("FAIL", f"{soname} (the NVIDIA driver) not found",
-                              "install the NVIDIA driver (>= 450.80.02; `nvidia-smi` must work)"))
+                              "install the NVIDIA driver (>= 520.61.05; `nvidia-smi` must work)"))
         elif soname in pip_dist:
             lines.append(Line("FAIL", f"{soname} not found ({why.splitlines()[0][:120]})",
                               f"pip install -e '.[gpu]' (brings {pip_dist[soname]}) or put a CUDA 11 "
@@ -215,10 +215,7 @@ def mxnet_lines() -> list[Line]:
     if not have["DIST_KVSTORE"]:
         lines.append(Line("WARN", "no distributed kvstore: `gluon-tricks launch` cannot run", "use the PyPI wheel"))
     if driver:
-        parts = tuple(int(p) for p in driver.split("."))
-        if parts < MIN_DRIVER:
-            lines.append(Line("FAIL", f"NVIDIA driver {driver} is older than CUDA 11 needs",
-                              "install a driver >= 450.80.02 (any current one)"))
+        lines += driver_lines(driver, os.environ.get("MXNET_USE_FUSION"))
     if have["CUDA"]:
         n = mx.context.num_gpus()
         if n == 0:
@@ -229,16 +226,59 @@ def mxnet_lines() -> list[Line]:
     return lines
 
 
-def nvidia_driver() -> str | None:
-    """The loaded NVIDIA kernel driver's version, e.g. '535.183.01', or None."""
-    try:
-        text = Path("/proc/driver/nvidia/version").read_text()
-    except OSError:
-        return None
-    import re
+nvidia_driver = cuda_libs.nvidia_driver
 
-    m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", text)
-    return m.group(1) if m else None
+
+def driver_lines(driver: str, use_fusion: str | None) -> list[Line]:
+    """The driver against CUDA 11's floor and against the floor of MXNet's fused kernels
+    (cuda_libs.FUSION_DRIVER); `use_fusion` is MXNET_USE_FUSION as this process sees it."""
+    fix = "install NVIDIA driver >= 520.61.05 (any current one)"
+    if cuda_libs.driver_version(driver) < cuda_libs.MIN_DRIVER:
+        return [Line("FAIL", f"NVIDIA driver {driver} is older than CUDA 11 needs (450.80.02)", fix)]
+    if cuda_libs.driver_version(driver) >= cuda_libs.FUSION_DRIVER:
+        return [Line("OK", f"NVIDIA driver {driver} (>= 520.61.05)")]
+    if use_fusion == "0":
+        return [Line("WARN", f"NVIDIA driver {driver} < 520.61.05 cannot load MXNet's fused kernels "
+                             "(NVRTC 11.8 PTX): MXNET_USE_FUSION=0, gluon-tricks turned fusion off (runs a little "
+                             "slower)", fix)]
+    return [Line("FAIL", f"NVIDIA driver {driver} < 520.61.05 cannot load MXNet's fused kernels (NVRTC 11.8 PTX) "
+                         f"and MXNET_USE_FUSION={use_fusion}: the first hybridized forward fails",
+                 fix + ", or unset MXNET_USE_FUSION (gluon-tricks then sets it to 0)")]
+
+
+def colliding_libraries(ld_library_path: str) -> dict[str, list[str]]:
+    """LD_LIBRARY_PATH directory -> its files named like a library preload() loads from pip."""
+    import fnmatch
+
+    out = {}
+    for folder in filter(None, ld_library_path.split(":")):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        hits = [n for n in names if any(fnmatch.fnmatch(n, pattern) for pattern in COLLIDING_LIBS)]
+        if hits:
+            out[folder] = hits
+    return out
+
+
+def ld_library_path_lines(env=None, pip_cuda: bool | None = None) -> list[Line]:
+    """WARN for each LD_LIBRARY_PATH directory that holds another cuDNN 8, cuBLAS 11, NCCL 2 or
+    NVRTC 11: dlopen looks there before the pip folders, so a library opened by name at run
+    time (cuDNN's split libraries, NVRTC's builtins) can come from that copy unless preload()
+    loaded the pip one first (it does, when gluon_tricks is imported before mxnet)."""
+    env = os.environ if env is None else env
+    if pip_cuda is None:
+        pip_cuda = cuda_libs.cuda_wheel_installed() and env.get("GLUON_TRICKS_SYSTEM_CUDA") != "1"
+    if not pip_cuda:
+        return [Line("OK", "CUDA libraries are not loaded from pip here: nothing to collide with")]
+    collisions = colliding_libraries(env.get("LD_LIBRARY_PATH", ""))
+    if not collisions:
+        return [Line("OK", "no other cuDNN 8, cuBLAS 11, NCCL 2 or NVRTC 11 on LD_LIBRARY_PATH")]
+    return [Line("WARN", f"LD_LIBRARY_PATH directory {folder} holds {', '.join(names)}: other copies of the CUDA "
+                         "libraries gluon-tricks loads from pip, mixed in if anything imports mxnet before gluon_tricks",
+                 f"drop {folder} from LD_LIBRARY_PATH, or GLUON_TRICKS_SYSTEM_CUDA=1 to use that toolkit throughout")
+            for folder, names in collisions.items()]
 
 
 def omp_lines(env=None, cores: int | None = None) -> list[Line]:
@@ -268,7 +308,7 @@ def data_missing(spec) -> tuple[list[str], str]:
         return ([] if ok else [f"{root}/ ({spec.dataset})"]), fix
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        need = [n for n in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx") if not (root / n).is_file()]
+        need = [n for n in ("train.rec", "train.idx", "val.rec", "val.idx") if not (root / n).is_file()]
         return ([f"{root}/{{{','.join(need)}}}"] if need else []), \
             f"gluon-tricks prepare IMAGES/train {root}/train (and val)"
     need = [root / "train", root / "val"]
@@ -403,6 +443,7 @@ def run(out=print) -> int:
     sections = [
         ("Python and packages", lambda: pin_lines(*requirement_pins())),
         ("Libraries libmxnet.so needs", library_lines),
+        ("Other CUDA libraries on LD_LIBRARY_PATH", ld_library_path_lines),
         ("MXNet and GPUs", mxnet_lines),
         ("Threads", omp_lines),
         ("Tables: data and teacher files", table_lines),

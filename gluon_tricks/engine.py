@@ -148,7 +148,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers)
+    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers, contexts)
     layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     recipe_hash = recipe_mod.content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
@@ -165,8 +165,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher = load_teacher(recipe.distill, classes, contexts, recipe.model.dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight)
+        teacher_dtype = recipe.distill.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(recipe.distill, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight, teacher_dtype)
     else:
         step_loss = StudentLoss()
 

@@ -3,7 +3,7 @@
 MXNet's own `tools/launch.py` fails on Python 3.11 (`Thread.isAlive`) and binds the
 first non-loopback address, so the roles are started here directly, each with the
 `DMLC_*` environment ps-lite reads: one scheduler and S servers (processes that only
-`import mxnet`: the import turns them into their role) and N workers running the
+`import gluon_tricks, mxnet`: the second import turns them into their role) and N workers running the
 training command with `--kvstore dist_sync`.
 
 Local mode runs everything on 127.0.0.1. With a hostfile, the scheduler and servers
@@ -117,7 +117,8 @@ def plan(workers: int, servers: int, command: list[str], hosts: list[str] | None
     local = not hosts
     uri = root_uri or ("127.0.0.1" if local else socket.gethostbyname(socket.gethostname()))
     iface = "lo" if local else None
-    server_cmd = [sys.executable, "-c", "import mxnet"]
+    # gluon_tricks first: its import loads the pip CUDA libraries libmxnet.so needs (cuda_libs.py)
+    server_cmd = [sys.executable, "-c", "import gluon_tricks, mxnet"]
     out = [("scheduler", server_cmd, role_env("scheduler", uri, port, workers, servers, uri, iface))]
     for s in range(servers):
         out.append((f"server {s}", server_cmd, role_env("server", uri, port, workers, servers, uri, iface)))

@@ -124,6 +124,9 @@ class DistillSpec:
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
     temperature: float = 20.0
     soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
+    # "" = the student's dtype, as in the papers; "float16": the teacher's forward in float16
+    # on GPUs (V100 tensor cores) for a float32 student, a deviation (docs/tricks.md)
+    teacher_dtype: str = ""
 
 
 @dataclass
@@ -214,11 +217,11 @@ RANGES = {
 def _range_text(low, high, low_in, high_in) -> str:
     if high == math.inf:
         return f"{'>=' if low_in else '>'} {low:g}"
-    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 def _out_of_range(r: "Recipe") -> list[str]:
-    """One 'key = value is outside range' per numeric setting outside RANGES."""
+    """One 'key = value: must be <range>' per numeric setting outside RANGES."""
     d = r.to_dict()
     bad = []
     for key, (low, high, low_in, high_in) in RANGES.items():
@@ -228,11 +231,11 @@ def _out_of_range(r: "Recipe") -> list[str]:
         above = node > low if not low_in else node >= low
         below = node < high if not high_in else node <= high
         if not (above and below):
-            bad.append(f"{key} = {node!r} is outside {_range_text(low, high, low_in, high_in)}")
+            bad.append(f"{key} = {node!r}: must be {_range_text(low, high, low_in, high_in)}")
     decays = r.schedule.decay_epochs
     if any(e < 1 for e in decays) or any(b <= a for a, b in zip(decays, decays[1:])):
         # a decay at epoch <= 0 decays before the first step; a repeated one decays twice
-        bad.append(f"schedule.decay_epochs = {decays!r} must be strictly increasing epochs >= 1")
+        bad.append(f"schedule.decay_epochs = {decays!r}: must be strictly increasing epochs >= 1")
     return bad
 
 
@@ -323,6 +326,8 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
+    if r.distill.teacher_dtype not in ("", "float16"):
+        problems.append("distill.teacher_dtype must be \"\" (the student's dtype) or \"float16\"")
     teacher = r.distill.teacher
     if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
             and not ZOO_TAG.fullmatch(teacher):
@@ -623,6 +628,8 @@ def identity(recipe: Recipe) -> dict:
         values[section][name] = defaults[section][name]
     if values["model"]["classes"] == _dataset_classes(values["data"]):
         values["model"]["classes"] = defaults["model"]["classes"]  # an explicit head of the dataset's size
+    if values["distill"]["teacher_dtype"] == values["model"]["dtype"]:
+        values["distill"]["teacher_dtype"] = defaults["distill"]["teacher_dtype"]  # the student's, said twice
     out = {}
     for k, v in values.items():
         if k in NOT_IDENTITY:

@@ -1,6 +1,10 @@
 """Shared fixtures: CIFAR files generated in the official formats, tiny recipes."""
 from __future__ import annotations
 
+# Before any test module imports mxnet: with the GPU wheel, gluon_tricks's import loads the
+# pip CUDA libraries libmxnet.so needs (cuda_libs.py); after mxnet it is too late.
+import gluon_tricks  # noqa: F401  isort: skip
+
 import os
 import pickle
 

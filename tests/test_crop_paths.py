@@ -44,7 +44,7 @@ def recipe(root: Path, dataset: str, batch: int):
 
 def outputs(r) -> np.ndarray:
     train, *_ = make_streams(r, 0, 1)
-    return np.concatenate([x.asnumpy() for _, x, _ in train.epoch(0)]) * 255.0
+    return np.concatenate([getattr(x, "asnumpy", lambda: x)() for _, x, _ in train.epoch(0)]) * 255.0
 
 
 def not_crops(images: np.ndarray, tolerance: float) -> float:

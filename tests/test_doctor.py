@@ -116,7 +116,9 @@ def test_pip_packages_cover_every_cuda_soname_of_the_wheel():
     wheel_needs = {"libcudart.so.11.0", "libcublas.so.11", "libcufft.so.10", "libcurand.so.10", "libcusolver.so.11",
                    "libnvrtc.so.11.2", "libnvToolsExt.so.1", "libcudnn.so.8", "libnccl.so.2"}
     known = {soname for soname, _, _ in cuda_libs.PIP_CUDA_LIBS}
-    assert wheel_needs <= known and known - wheel_needs == {"libcublasLt.so.11"}  # cuBLAS's own dependency
+    # besides: cuBLAS's own dependency, and what cuDNN and NVRTC open by name at run time
+    assert wheel_needs <= known and known - wheel_needs == {"libcublasLt.so.11", "libnvrtc-builtins.so.11.8",
+                                                            *CUDNN_SPLIT_NEEDS}
     assert all(dist.startswith("nvidia-") and dist.endswith("-cu11") for _, dist, _ in cuda_libs.PIP_CUDA_LIBS)
 
 
@@ -197,10 +199,10 @@ def test_table_lines_list_missing_data_and_teachers(tmp_path, monkeypatch):
                                   '[[rows]]\nlabel = "b"\nrecipe = "b.toml"\n')
     (line,) = doctor.table_lines(tmp_path / "recipes")
     assert line.status == "WARN" and "gluon-tricks prepare" in line.fix
-    assert f"{rec}/{{train.rec,train.idx,train.classes.txt,val.rec,val.idx}}" in line.text
+    assert f"{rec}/{{train.rec,train.idx,val.rec,val.idx}}" in line.text  # classes.txt: optional (im2rec)
     assert f"{tmp_path}/home/models/resnet152_v1d-cfe0220d.params" in line.text
     rec.mkdir()
-    for name in ("train.rec", "train.idx", "train.classes.txt", "val.rec", "val.idx"):
+    for name in ("train.rec", "train.idx", "val.rec", "val.idx"):
         (rec / name).write_bytes(b"")
     (tmp_path / "home" / "models").mkdir(parents=True)
     (tmp_path / "home" / "models" / "resnet152_v1d-cfe0220d.params").write_bytes(b"")
@@ -224,3 +226,77 @@ def test_doctor_command(capsys):
     assert any(line.startswith(("OK   MXNet build", "WARN MXNet build")) and f"CUDA {'yes' if cuda else 'no'}" in line
                and "DIST_KVSTORE" in line for line in out)
     assert any(line.startswith("OK   table demo: data and teachers present") for line in out)
+
+
+# `unzip -l` of nvidia-cudnn-cu11 8.9.6.50 (the pin in setup.py) lists these files under
+# nvidia/cudnn/lib/ besides libcudnn.so.8, and `readelf -d` gives each one's NEEDED entries
+# among them; nvidia-cuda-nvrtc-cu11 11.8.89 has libnvrtc-builtins.so.11.8 in nvidia/cuda_nvrtc/lib/.
+CUDNN_SPLIT_NEEDS = {
+    "libcudnn_ops_infer.so.8": [],
+    "libcudnn_ops_train.so.8": ["libcudnn_ops_infer.so.8"],
+    "libcudnn_cnn_infer.so.8": ["libcudnn_ops_infer.so.8"],
+    "libcudnn_cnn_train.so.8": ["libcudnn_ops_infer.so.8", "libcudnn_ops_train.so.8", "libcudnn_cnn_infer.so.8"],
+    "libcudnn_adv_infer.so.8": ["libcudnn_ops_infer.so.8"],
+    "libcudnn_adv_train.so.8": ["libcudnn_ops_infer.so.8", "libcudnn_ops_train.so.8", "libcudnn_adv_infer.so.8"],
+}
+
+
+def test_cudnn_split_libraries_and_nvrtc_builtins_preload_after_what_they_need():
+    order = [soname for soname, _, _ in cuda_libs.PIP_CUDA_LIBS]
+    folder = {soname: (dist, part) for soname, dist, part in cuda_libs.PIP_CUDA_LIBS}
+    for lib, needs in CUDNN_SPLIT_NEEDS.items():
+        assert folder[lib] == ("nvidia-cudnn-cu11", "cudnn")
+        assert all(order.index(n) < order.index(lib) for n in needs), (lib, needs)
+        # the shim and what every cuDNN library needs (cuBLAS, NVRTC: RUNPATH ../../cublas/lib) come first
+        assert order.index("libcudnn.so.8") < order.index(lib)
+        assert order.index("libcublas.so.11") < order.index(lib) and order.index("libnvrtc.so.11.2") < order.index(lib)
+    assert folder["libnvrtc-builtins.so.11.8"] == ("nvidia-cuda-nvrtc-cu11", "cuda_nvrtc")
+
+
+def test_pip_lib_dirs_find_the_split_libraries_in_the_wheel_layout(tmp_path):
+    for soname, _, part in cuda_libs.PIP_CUDA_LIBS:
+        (tmp_path / "nvidia" / part / "lib").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "nvidia" / part / "lib" / soname).write_bytes(b"")
+    found = cuda_libs.pip_lib_dirs([str(tmp_path)])
+    assert list(found) == [soname for soname, _, _ in cuda_libs.PIP_CUDA_LIBS]
+    assert found["libcudnn_adv_train.so.8"] == tmp_path / "nvidia/cudnn/lib/libcudnn_adv_train.so.8"
+
+
+def test_doctor_warns_about_other_cuda_libraries_on_ld_library_path(tmp_path):
+    toolkit, other = tmp_path / "cuda-11.4" / "lib64", tmp_path / "cuda-12" / "lib64"
+    for folder, names in ((toolkit, ["libcudnn.so.8", "libcudnn_cnn_infer.so.8.2.4", "libcublasLt.so.11",
+                                     "libnvrtc-builtins.so.11.4", "libnccl.so.2.11.4", "libcufft.so.10"]),
+                          (other, ["libcudnn.so.9", "libcublas.so.12", "libnvrtc.so.12"])):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"")
+    env = {"LD_LIBRARY_PATH": f"{other}::{toolkit}:{tmp_path / 'missing'}"}
+    (line,) = doctor.ld_library_path_lines(env, pip_cuda=True)
+    assert line.status == "WARN" and str(toolkit) in line.text and str(toolkit) in line.fix
+    for name in ("libcudnn.so.8", "libcudnn_cnn_infer.so.8.2.4", "libcublasLt.so.11", "libnvrtc-builtins.so.11.4",
+                 "libnccl.so.2.11.4"):
+        assert name in line.text
+    assert "libcufft" not in line.text and str(other) not in line.text  # not a collision: CUDA 12, cuDNN 9
+    assert [ln.status for ln in doctor.ld_library_path_lines({"LD_LIBRARY_PATH": str(other)}, pip_cuda=True)] == ["OK"]
+    assert [ln.status for ln in doctor.ld_library_path_lines(env, pip_cuda=False)] == ["OK"]  # the host's CUDA is meant
+
+
+def test_driver_floor_is_the_one_of_nvrtc_11_8_ptx():
+    """MXNet's fused kernels are NVRTC 11.8 PTX: the driver of CUDA 11.8 (520.61.05) or later loads it."""
+    assert doctor.driver_lines("535.183.01", None)[0].status == "OK"
+    assert doctor.driver_lines("520.61.05", None)[0].status == "OK"
+    assert doctor.driver_lines("450.80.01", None)[0].status == "FAIL"
+    (line,) = doctor.driver_lines("470.57.02", "0")
+    assert line.status == "WARN" and "MXNET_USE_FUSION=0" in line.text and "520.61.05" in line.fix
+    (line,) = doctor.driver_lines("515.65.01", "1")
+    assert line.status == "FAIL" and "MXNET_USE_FUSION=1" in line.text
+
+
+def test_preload_turns_fusion_off_below_the_driver_floor():
+    env = {}
+    assert cuda_libs.fusion_off_below_floor("515.65.01", env) and env == {"MXNET_USE_FUSION": "0"}
+    env = {}
+    assert not cuda_libs.fusion_off_below_floor("520.61.05", env) and env == {}
+    assert not cuda_libs.fusion_off_below_floor(None, env) and env == {}
+    env = {"MXNET_USE_FUSION": "1"}  # the user's explicit choice stays (doctor reports it as a FAIL)
+    assert not cuda_libs.fusion_off_below_floor("470.57.02", env) and env == {"MXNET_USE_FUSION": "1"}

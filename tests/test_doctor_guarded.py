@@ -83,11 +83,30 @@ def test_train_with_a_broken_mxnet_is_one_line_pointing_at_doctor(tmp_path):  # 
     assert "Traceback" not in r.stderr
 
 
+def test_a_library_mxnet_cannot_load_points_at_doctor_too(tmp_path):
+    # MXNet's own loader raises OSError for a missing CUDA library: not a file-system refusal
+    fake = fake_mxnet(tmp_path)
+    (fake / "mxnet" / "__init__.py").write_text(
+        "raise OSError('libcudart.so.11.0: cannot open shared object file: No such file or directory')\n")
+    r = cli(["train", "demo/baseline", "--epochs", "1", "--out", tmp_path / "run"],
+            {"PYTHONPATH": f"{fake}{os.pathsep}{ROOT}"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("gluon-tricks: error: importing mxnet failed (OSError: libcudart")
+    assert r.stderr.strip().endswith("run gluon-tricks doctor")
+
+
 def test_doctor_with_a_broken_mxnet_prints_fail_lines_and_no_traceback(tmp_path):  # probes 3.2, 3.5
     env = {"PYTHONPATH": f"{fake_mxnet(tmp_path)}{os.pathsep}{ROOT}"}
     r = cli(["doctor"], env)
     assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     assert "FAIL import mxnet failed" in r.stdout and "== Disk" in r.stdout
+
+
+def test_a_missing_gluoncv_is_named():  # probe 3.4: gluoncv uninstalled
+    from gluon_tricks.cli import broken_install
+
+    assert broken_install(ModuleNotFoundError("No module named 'gluoncv'", name="gluoncv")) == "gluoncv"
+    assert broken_install(ModuleNotFoundError("No module named 'gluoncv.model_zoo'", name="gluoncv.model_zoo")) == "gluoncv"
 
 
 def test_a_bug_elsewhere_keeps_its_traceback():

@@ -2,11 +2,15 @@
 
 Each test runs a real piece of the GPU path on tiny inputs: a float16 step with
 multi-precision NAG and loss scaling, a 2-GPU kvstore step (device and nccl), a zoo
-teacher on the GPU, a RecordIO batch on the GPU. Everything is skipped where MXNet sees
-no GPU (the CPU wheel, this project's CI); nothing downloads.
+teacher on the GPU, a RecordIO batch on the GPU. Nothing downloads.
+
+Every test is written once and runs twice: on the GPUs (marked `gpu`, skipped where MXNet
+sees none) and on CPU contexts, so that CI, which has no GPU, runs the same logic (float32
+where the GPU run uses float16: the CPU wheel has no float16 matrix multiply).
 """
 import hashlib
 import json
+import math
 
 import mxnet as mx
 import numpy as np
@@ -16,15 +20,26 @@ from mxnet import gluon
 from gluon_tricks.engine import train
 from gluon_tricks.models import load_teacher
 from gluon_tricks.recipe import DistillSpec, recipe_from_dict
+from gluon_tricks.tricks.precision import LossScaler
 
 GPUS = mx.context.num_gpus()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(GPUS == 0, reason="MXNet sees no GPU (CPU wheel or no device)")]
-two_gpus = pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+GPU_ONLY = [pytest.mark.gpu, pytest.mark.skipif(GPUS == 0, reason="MXNet sees no GPU (CPU wheel or no device)")]
+ON_GPU_AND_CPU = pytest.mark.parametrize("device", [pytest.param("gpu", marks=GPU_ONLY), "cpu"])
 
 
-def tiny(ctx="gpu:0", **sections):
+def contexts(device: str, n: int) -> list:
+    if device == "gpu" and GPUS < n:
+        pytest.skip(f"needs {n} GPUs")
+    return [mx.Context(device, i) for i in range(n)]
+
+
+def ctx_text(ctxs) -> str:
+    return ",".join(f"{c.device_type}:{c.device_id}" for c in ctxs)
+
+
+def tiny(ctx, **sections):
     d = {"name": "gpu-smoke", "epochs": 1,
-         "data": {"dataset": "cifar10-mini", "batch_size": 64, "train_limit": 256, "test_limit": 128},
+         "data": {"dataset": "cifar10-mini", "batch_size": 32, "train_limit": 64, "test_limit": 32},
          "model": {"name": "cifar_resnet20_v1"}, "schedule": {"kind": "constant"},
          "system": {"ctx": ctx, "log_interval": 1}}
     for k, v in sections.items():
@@ -32,43 +47,62 @@ def tiny(ctx="gpu:0", **sections):
     return recipe_from_dict(d)
 
 
-def test_float16_step_with_multi_precision_nag_and_loss_scaling(tmp_path):
-    for scale in ("128", "dynamic"):
-        r = tiny(model={"dtype": "float16"}, optim={"name": "nag", "loss_scale": scale})
-        result = train(r, tmp_path / scale, progress=False)
-        assert np.isfinite(result["final_top1"]) and result["skipped_steps"] < 4, result
-        params = mx.nd.load(str(next((tmp_path / scale).rglob("*.params"))))
-        dtypes = {k.rsplit("_", 1)[-1]: v.dtype for k, v in params.items()}
-        assert dtypes["weight"] == np.float16 and dtypes["gamma"] == np.float32  # BatchNorm stays fp32
+def saved_dtypes(run_dir) -> dict:
+    """Parameter kind (what follows the last '.' of Gluon's keys, e.g. features.1.gamma) -> dtypes."""
+    params = mx.nd.load(str(sorted(run_dir.rglob("net.params"))[-1]))
+    out = {}
+    for key, value in params.items():
+        out.setdefault(key.rsplit(".", 1)[-1], set()).add(np.dtype(value.dtype))
+    return out
 
 
-@two_gpus
-@pytest.mark.parametrize("kvstore", ["device", "nccl"])
-def test_two_gpu_kvstore_step_equals_the_summed_gradient(kvstore):
-    """One SGD step on two GPUs through the kvstore = the step a CPU takes on the whole batch."""
+@ON_GPU_AND_CPU
+def test_float16_step_with_multi_precision_nag_and_loss_scaling(device, tmp_path):
+    ctx = ctx_text(contexts(device, 1))
+    dtype = np.dtype("float16" if device == "gpu" else "float32")
+    r = tiny(ctx, model={"dtype": dtype.name}, optim={"name": "nag", "loss_scale": "128"})
+    result = train(r, tmp_path / "static", progress=False)
+    assert np.isfinite(result["final_top1"]) and result["skipped_steps"] == 0, result
+    dtypes = saved_dtypes(tmp_path / "static")
+    assert dtypes["weight"] == {dtype} and dtypes["gamma"] == {np.dtype("float32")}  # BatchNorm stays fp32
+    # Dynamic scaling starts high and halves on every overflowing step, down to its floor (the
+    # summed loss overflows float16 for the first few steps: ~5 for this net). So after at most
+    # log2(start / floor) skipped steps one is applied; run one more than that.
+    scaler = LossScaler("dynamic")
+    steps = int(math.log2(scaler.scale / scaler.min_scale)) + 1
+    r = tiny(ctx, model={"dtype": dtype.name}, optim={"name": "nag", "loss_scale": "dynamic"},
+             data={"batch_size": 8, "train_limit": 8 * steps})
+    result = train(r, tmp_path / "dynamic", progress=False)
+    assert np.isfinite(result["final_top1"]) and result["skipped_steps"] < steps, result  # >= 1 step applied
+    assert saved_dtypes(tmp_path / "dynamic")["weight"] == {dtype}
+
+
+@pytest.mark.parametrize("device,kvstore", [pytest.param("gpu", "device", marks=GPU_ONLY),
+                                            pytest.param("gpu", "nccl", marks=GPU_ONLY), ("cpu", "device")])
+def test_two_device_kvstore_step_equals_the_summed_gradient(device, kvstore):
+    """One SGD step on two devices through the kvstore = the step one CPU takes on the whole batch."""
     x = mx.nd.array(np.random.default_rng(0).normal(size=(8, 5)))
     y = mx.nd.array(np.arange(8) % 3)
 
-    def step(contexts, kv):
+    def step(ctxs, kv):
         net = gluon.nn.Dense(3, in_units=5)
-        net.initialize(mx.init.Constant(0.1), ctx=contexts)
+        net.initialize(mx.init.Constant(0.1), ctx=ctxs)
         trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5}, kvstore=kv)
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         with mx.autograd.record():
-            losses = [loss_fn(net(xd), yd) for xd, yd in zip(gluon.utils.split_and_load(x, contexts),
-                                                              gluon.utils.split_and_load(y, contexts))]
+            losses = [loss_fn(net(xd), yd) for xd, yd in zip(gluon.utils.split_and_load(x, ctxs),
+                                                              gluon.utils.split_and_load(y, ctxs))]
         mx.autograd.backward(losses)
         trainer.step(8)
-        return [net.weight.data(c).asnumpy() for c in contexts]
+        return [net.weight.data(c).asnumpy() for c in ctxs]
 
     (cpu,) = step([mx.cpu()], "local")
-    on_gpus = step([mx.gpu(0), mx.gpu(1)], kvstore)
-    for w in on_gpus:
+    for w in step(contexts(device, 2), kvstore):
         np.testing.assert_allclose(w, cpu, rtol=1e-5, atol=1e-6)
 
 
-def test_zoo_teacher_on_gpu(tmp_path, monkeypatch):
-    """A zoo teacher given by name:tag loads from GluonCV's cache onto the GPUs and distils."""
+def staged_zoo_teacher(tmp_path, monkeypatch):
+    """(network, tag): cifar_resnet20_v1 weights in a generated GluonCV cache, no download."""
     import gluoncv.model_zoo.model_store as store
     from gluoncv.model_zoo import get_model
 
@@ -82,20 +116,37 @@ def test_zoo_teacher_on_gpu(tmp_path, monkeypatch):
     src.save_parameters(str(staged))
     tag = hashlib.sha1(staged.read_bytes()).hexdigest()[:8]
     staged.rename(tmp_path / "models" / f"cifar_resnet20_v1-{tag}.params")
+    return src, tag
 
-    contexts = [mx.gpu(i) for i in range(min(GPUS, 2))]
-    teacher = load_teacher(DistillSpec(teacher=f"cifar_resnet20_v1:{tag}"), 10, contexts)
+
+@ON_GPU_AND_CPU
+def test_zoo_teacher_on_gpu(device, tmp_path, monkeypatch):
+    """A zoo teacher given by name:tag loads from GluonCV's cache onto the devices and distils."""
+    src, tag = staged_zoo_teacher(tmp_path, monkeypatch)
+    ctxs = contexts(device, min(GPUS, 2) if device == "gpu" else 2)
+    teacher = load_teacher(DistillSpec(teacher=f"cifar_resnet20_v1:{tag}"), 10, ctxs)
     x = mx.nd.random.uniform(shape=(2, 3, 32, 32))
     with mx.autograd.predict_mode():
         want = src(x).asnumpy()
-    for c in contexts:
+    for c in ctxs:
         np.testing.assert_allclose(teacher(x.as_in_context(c)).asnumpy(), want, rtol=1e-4, atol=1e-4)
-    r = tiny(ctx=",".join(f"gpu:{c.device_id}" for c in contexts), distill={"teacher": f"cifar_resnet20_v1:{tag}"})
+    r = tiny(ctx_text(ctxs), distill={"teacher": f"cifar_resnet20_v1:{tag}"})
     result = train(r, tmp_path / "distill", progress=False)
     assert np.isfinite(result["final_top1"])
 
 
-def test_recordio_batch_on_gpu(tmp_path):
+@pytest.mark.gpu
+@pytest.mark.skipif(GPUS == 0, reason="MXNet sees no GPU (CPU wheel or no device)")
+def test_float16_teacher_of_a_float32_student(tmp_path, monkeypatch):
+    """distill.teacher_dtype = "float16" (GPU only; on the CPU it is refused, test_teacher_dtype.py)."""
+    _, tag = staged_zoo_teacher(tmp_path, monkeypatch)
+    r = tiny("gpu:0", distill={"teacher": f"cifar_resnet20_v1:{tag}", "teacher_dtype": "float16"})
+    result = train(r, tmp_path / "distill", progress=False)
+    assert np.isfinite(result["final_top1"]) and saved_dtypes(tmp_path / "distill")["weight"] == {np.dtype("float32")}
+
+
+@ON_GPU_AND_CPU
+def test_recordio_batch_on_gpu(device, tmp_path):
     from test_imagenet import make_folder
 
     from gluon_tricks.data.recordio import prepare
@@ -107,7 +158,8 @@ def test_recordio_batch_on_gpu(tmp_path):
     r = recipe_from_dict({"epochs": 1, "name": "gpu-smoke-rec",
                           "data": {"dataset": "recordio", "root": str(tmp_path / "rec"), "augment": "bot",
                                    "image_size": 32, "batch_size": 8},
-                          "model": {"name": "resnet18_v1b"}, "system": {"ctx": "gpu:0", "log_interval": 1}})
+                          "model": {"name": "resnet18_v1b"},
+                          "system": {"ctx": ctx_text(contexts(device, 1)), "log_interval": 1}})
     result = train(r, tmp_path / "run", progress=False)
     assert result["train_images"] == 24 and np.isfinite(result["final_top1"])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -18,7 +18,7 @@ def write(p, text):
 
 # (probe, section, key, value, the range the message must name)
 OUT_OF_RANGE = [
-    ("4.14", "schedule", "decay_epochs", [-1], "strictly increasing epochs >= 1"),
+    ("4.14", "schedule", "decay_epochs", [-1], "must be strictly increasing epochs >= 1"),
     ("4.14", "schedule", "decay_epochs", [0, 30], "strictly increasing epochs >= 1"),
     ("4.20", "schedule", "decay_epochs", [1, 1], "strictly increasing epochs >= 1"),
     ("4.15", "schedule", "decay_factor", -1.0, "(0, 1]"),
@@ -54,7 +54,7 @@ def test_a_value_outside_its_range_is_one_line_naming_key_value_and_range(probe,
 
 
 def test_top_level_epochs_scale_must_be_positive():  # probe 4.29
-    with pytest.raises(UserError, match=r"epochs_scale = -3.0 is outside > 0"):
+    with pytest.raises(UserError, match=r"epochs_scale = -3.0: must be > 0"):
         recipe_from_dict({"epochs_scale": -3.0})
 
 

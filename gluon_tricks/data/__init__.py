@@ -57,8 +57,9 @@ def check_augment(spec) -> None:
                         f"{spec.dataset!r}; use one of: {', '.join(AUGMENTS[kind])}")
 
 
-def make_streams(recipe, rank: int = 0, workers: int = 1):
-    """(train stream, test stream, number of classes, number of training images)."""
+def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
+    """(train stream, test stream, number of classes, number of training images); `contexts`:
+    the devices the run trains on (RecordIO batches are staged in host memory pinned for the first)."""
     spec = recipe.data
     check_augment(spec)
     if spec.dataset in CIFAR_SETS:
@@ -77,17 +78,22 @@ def make_streams(recipe, rank: int = 0, workers: int = 1):
             classes, len(train)
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
-        from gluon_tricks.data.recordio import RecordTestStream, read_classes, record_train_stream
+        from gluon_tricks.data.recordio import (RecordTestStream, RecordTrainStream, iterator_device, record_classes,
+                                                record_train_stream)
 
-        classes = recipe.model.classes or read_classes(root)
-        if classes and read_classes(root) and classes < read_classes(root):
-            raise UserError(f"model.classes = {classes} but {root}/train.classes.txt lists {read_classes(root)}; "
+        RecordTrainStream.check_files(root)
+        # A recipe that names its classes (Bag of Tricks: ImageNet's 1000) needs no scan of the
+        # records when neither a classes list nor a .lst says what their labels span.
+        found = record_classes(root, scan=not recipe.model.classes)
+        classes = recipe.model.classes or found
+        if found and classes < found:
+            raise UserError(f"model.classes = {classes} but the labels of {root}/train.rec span {found} classes; "
                             "set model.classes to 0 (that count) or more")
         if not classes:
-            raise UserError(f"number of classes unknown: {root}/train.classes.txt is missing (written by "
-                            "`gluon-tricks prepare`); set model.classes")
-        train = record_train_stream(recipe, root, rank, workers)
-        return train, RecordTestStream(recipe, root), classes, train.steps * spec.batch_size
+            raise UserError(f"number of classes unknown: {root}/train.rec holds no records; set model.classes")
+        device = iterator_device(contexts)
+        train = record_train_stream(recipe, root, rank, workers, device)
+        return train, RecordTestStream(recipe, root, device), classes, train.steps * spec.batch_size
     from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
 
     train = FolderTrainStream(recipe, root, rank, workers)

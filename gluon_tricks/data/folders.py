@@ -1,6 +1,6 @@
 """Image-folder streams (data.dataset = "imagefolder"): data.root holds `train/` and
-`val/` with one sub-folder per class, read by Gluon's ImageFolderDataset and DataLoader
-with the Bag of Tricks augmentation as Gluon transforms (small datasets, Food-101 subsets).
+`val/` with one sub-folder per class (small datasets, Food-101 subsets), decoded by OpenCV
+and augmented by images.py on one Python thread per core.
 
 The training order of an epoch is `loader.epoch_order(n, seed, epoch)` (EpochSampler),
 a pure function of (seed, epoch) as for CIFAR, and each image's augmentation draws are
@@ -9,15 +9,12 @@ batches an uninterrupted one sees.
 """
 from __future__ import annotations
 
-import os
-import random
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from gluon_tricks.data.images import decode, eval_image, train_image
 from gluon_tricks.data.loader import epoch_order
-from gluon_tricks.data.streams import trimmed_batches, val_resize
 from gluon_tricks.errors import UserError, shown
 from gluon_tricks.paths import cores
 
@@ -50,61 +47,6 @@ class EpochSampler:
         return self.steps * self.per_worker
 
 
-class NamedDecodeErrors:
-    """An image-folder dataset whose unreadable files are named in a one-line error."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            return self.dataset[i]
-        except Exception as e:  # OpenCV/MXNet decode errors have no common type
-            path = self.dataset.items[i][0] if hasattr(self.dataset, "items") else f"item {i}"
-            if isinstance(e, UnicodeEncodeError):  # MXNet's imread takes the name as UTF-8 (probe 7.19)
-                raise UserError(f"image {shown(path)}: its file name is not UTF-8, which MXNet's image reader "
-                                "cannot open; rename it, or convert the folder with `gluon-tricks prepare`, "
-                                "which reads such names") from None
-            raise UserError(f"unreadable image {shown(path)} ({e.__class__.__name__}); delete or replace it, "
-                            "or convert the folder with `gluon-tricks prepare`, which skips and lists such files") from None
-
-
-def _chain(steps):
-    """Apply transform blocks one after another. Not `transforms.Compose`: it hybridizes its
-    HybridBlock steps, and building that cached graph from the DataLoader's threads at once
-    races inside MXNet (name scopes are not thread-safe); plain calls are."""
-
-    def apply(x):
-        for step in steps:
-            x = step(x)
-        return x
-
-    return apply
-
-
-def folder_transforms(spec, train: bool):
-    from mxnet.gluon.data.vision import transforms as T
-
-    s = spec.image_size
-    if not train:
-        return _chain([T.Resize(val_resize(spec), keep_ratio=True), T.CenterCrop(s), T.ToTensor(),
-                       T.Normalize(spec.mean, spec.std)])
-    steps = []
-    if spec.augment != "none":
-        steps += [T.RandomResizedCrop(s, scale=(spec.min_area, 1.0), ratio=(3 / 4, 4 / 3)), T.RandomFlipLeftRight()]
-        if spec.color_jitter > 0:
-            steps.append(T.RandomColorJitter(brightness=spec.color_jitter, contrast=spec.color_jitter,
-                                             saturation=spec.color_jitter))
-        if spec.lighting_std > 0:
-            steps.append(T.RandomLighting(spec.lighting_std))
-    else:
-        steps += [T.Resize(val_resize(spec), keep_ratio=True), T.CenterCrop(s)]
-    return _chain(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
-
-
 def _folder(root: Path, part: str):
     import mxnet as mx
 
@@ -114,100 +56,98 @@ def _folder(root: Path, part: str):
     return mx.gluon.data.vision.ImageFolderDataset(str(path))
 
 
-class GluonTrainStream:
-    """Training batches of a Gluon dataset of (HWC uint8 image, label), augmented by Gluon's
-    transforms (`folder_transforms`) with seeded per-image draws: image folders, and the
-    RecordIO files whose images MXNet's C++ iterator would crop wrongly (data/recordio.py)."""
+class FolderImages:
+    """(HWC uint8 RGB image, label) of class folders: the files and labels Gluon's
+    ImageFolderDataset lists (sorted class folders, its extensions), decoded by OpenCV in
+    the calling thread. `labels` renumbers the folders' own labels (val by train's names)."""
 
-    def __init__(self, recipe, dataset, rank: int, workers: int, where: str):
-        import mxnet as mx
+    def __init__(self, dataset, labels: list[int] | None = None):
+        self.items, self.synsets = dataset.items, dataset.synsets
+        self.labels = labels
 
+    def __len__(self):
+        return len(self.items)
+
+    def load(self, i: int) -> tuple[np.ndarray, int]:
+        path, label = self.items[i]
+        try:
+            with open(path, "rb") as f:
+                img = decode(f.read())
+        except OSError as e:
+            img, why = None, e.strerror
+        else:
+            why = "not an image OpenCV can decode"
+        if img is None:
+            raise UserError(f"unreadable image {shown(path)} ({why}); delete or replace it, or convert the folder "
+                            "with `gluon-tricks prepare`, which skips and lists such files")
+        return img, int(label) if self.labels is None else self.labels[int(label)]
+
+
+def threaded_batches(fn, index_batches, threads: int, ahead: int = 2):
+    """(images NCHW float32, int64 labels) of each batch of indices: fn(i) -> (CHW image, label)
+    runs on `threads` threads, `ahead` batches in advance of the one being consumed. An
+    exception of fn (a UserError naming a bad file) is raised here, in the batch's turn."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="images")
+    pending, batches = deque(), iter(index_batches)
+
+    def submit():
+        idx = next(batches, None)
+        if idx is not None:
+            pending.append([pool.submit(fn, i) for i in idx])
+
+    try:
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            done = [f.result() for f in futures]
+            yield np.stack([x for x, _ in done]), np.array([y for _, y in done], np.int64)
+    finally:  # also when the consumer stops early: nothing keeps decoding for no one
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ThreadedTrainStream:
+    """Training batches of images that `images.load(i)` decodes (image folders; the RecordIO
+    files MXNet's C++ iterator would crop wrongly, data/recordio.py), augmented by
+    `images.train_image` on `threads` Python threads (images.py says why not Gluon's
+    transforms). Image i's draws in an epoch come from a generator seeded with (seed, epoch, i)."""
+
+    def __init__(self, recipe, images, rank: int, workers: int, where: str, threads: int | None = None):
         spec = recipe.data
+        self.spec, self.seed, self.images = spec, recipe.seed, images
         self.batch_size = spec.batch_size // workers
-        n = len(dataset) if not spec.train_limit else min(len(dataset), spec.train_limit)
+        n = len(images) if not spec.train_limit else min(len(images), spec.train_limit)
         self.steps = n // spec.batch_size
         if self.steps < 1:
             raise UserError(f"{where} holds fewer images than one batch of {spec.batch_size}")
-        # Threads, not processes: a decode error then surfaces as our one-line UserError.
         self.sampler = EpochSampler(n, recipe.seed, rank, workers, spec.batch_size)
-        self.loader = mx.gluon.data.DataLoader(_SeededTransform(dataset, folder_transforms(spec, True),
-                                                                recipe.seed, self.sampler),
-                                               batch_size=self.batch_size, sampler=self.sampler, last_batch="discard",
-                                               num_workers=cores(), thread_pool=True)
+        self.threads = threads or cores()
 
     def steps_per_epoch(self) -> int:
         return self.steps
 
+    def _augmented(self, epoch: int, i: int):
+        img, label = self.images.load(i)
+        return train_image(img, self.spec, np.random.default_rng([self.seed, epoch, i])), label
+
     def epoch(self, epoch: int, start_step: int = 0):
         self.sampler.set_epoch(epoch)
-        for step, (x, y) in enumerate(self.loader):
-            if step >= self.steps:
-                break
-            if step < start_step:
-                continue
-            yield step, x, y.asnumpy().astype(np.int64)
+        order, per = list(self.sampler), self.batch_size
+        index_batches = (order[k * per:(k + 1) * per] for k in range(start_step, self.steps))
+        batches = threaded_batches(lambda i: self._augmented(epoch, i), index_batches, self.threads)
+        for step, (x, y) in enumerate(batches, start_step):
+            yield step, x, y
 
 
-class _TransformFirst:
-    def __init__(self, dataset, fn):
-        self.dataset, self.fn = dataset, fn
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return self.fn(x), y
-
-
-class FolderTrainStream(GluonTrainStream):
-    def __init__(self, recipe, root: Path, rank: int, workers: int):
-        ds = _folder(root, "train")
-        self.classes = len(ds.synsets)
-        super().__init__(recipe, NamedDecodeErrors(ds), rank, workers, str(root / "train"))
-
-
-_SEEDED = threading.Lock()
-
-
-class _SeededTransform(_TransformFirst):
-    """Training transforms whose random draws are a function of (seed, epoch, image):
-    Gluon's transforms draw from Python's `random` and MXNet's global generator, which
-    the loader's threads share, so each image re-seeds both under a lock and waits for its
-    result before releasing it. Decoding (the costly part) stays parallel; the draws of
-    an epoch, and of a resumed epoch, are then the same in every process."""
-
-    def __init__(self, dataset, fn, seed: int, sampler: "EpochSampler"):
-        super().__init__(dataset, fn)
-        self.seed, self.sampler = seed, sampler
-
-    def __getitem__(self, i):
-        import mxnet as mx
-
-        x, y = self.dataset[i]
-        draw = np.random.default_rng([self.seed, self.sampler.epoch, i]).integers(0, 2 ** 31, 2)
-        with _SEEDED:
-            random.seed(int(draw[0]))
-            mx.random.seed(int(draw[1]))
-            out = self.fn(x)
-            out.wait_to_read()
-        return out, y
-
-
-class _Relabelled:
-    """A val dataset whose labels are train's indices of the same class names (Gluon numbers
-    each folder's classes on its own, so a val/ lacking a class would shift the rest)."""
-
-    def __init__(self, dataset, to_train: list[int]):
-        self.dataset, self.to_train = dataset, to_train
-        self.items = getattr(dataset, "items", None)
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        x, y = self.dataset[i]
-        return x, self.to_train[int(y)]
+class FolderTrainStream(ThreadedTrainStream):
+    def __init__(self, recipe, root: Path, rank: int, workers: int, threads: int | None = None):
+        images = FolderImages(_folder(root, "train"))
+        self.classes = len(images.synsets)
+        super().__init__(recipe, images, rank, workers, str(root / "train"), threads)
 
 
 def by_train_names(val_classes: list[str], train_classes: list[str], where: str) -> list[int]:
@@ -220,21 +160,24 @@ def by_train_names(val_classes: list[str], train_classes: list[str], where: str)
 
 
 class FolderTestStream:
-    def __init__(self, recipe, root: Path):
-        import mxnet as mx
-
+    def __init__(self, recipe, root: Path, threads: int | None = None):
         spec = recipe.data
         ds = _folder(root, "val")
+        # Gluon numbers each folder's classes on its own: a val/ lacking a class would shift
+        # the rest, so val's labels are train's indices of the same class names.
         train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) \
             if (root / "train").is_dir() else list(ds.synsets)
-        ds = _Relabelled(ds, by_train_names(list(ds.synsets), train_classes, str(root / "val")))
-        self.n = len(ds) if not spec.test_limit else min(len(ds), spec.test_limit)
-        self.loader = mx.gluon.data.DataLoader(_TransformFirst(NamedDecodeErrors(ds), folder_transforms(spec, False)),
-                                               batch_size=spec.batch_size, shuffle=False, last_batch="keep",
-                                               num_workers=cores(), thread_pool=True)
+        self.images = FolderImages(ds, by_train_names(list(ds.synsets), train_classes, str(root / "val")))
+        self.n = len(self.images) if not spec.test_limit else min(len(self.images), spec.test_limit)
+        self.spec, self.threads = spec, threads or cores()
 
     def __len__(self) -> int:
         return self.n
 
+    def _image(self, i: int):
+        img, label = self.images.load(i)
+        return eval_image(img, self.spec), label
+
     def batches(self):
-        return trimmed_batches(((x, y.asnumpy().astype(np.int64), x.shape[0]) for x, y in self.loader), self.n)
+        b = self.spec.batch_size
+        return threaded_batches(self._image, (range(k, min(k + b, self.n)) for k in range(0, self.n, b)), self.threads)

@@ -51,13 +51,16 @@ class DistillStep:
     student sees (mixed, if mixing is on) in inference mode and outside the recorded
     graph, so no gradient or BatchNorm update reaches it."""
 
-    def __init__(self, teacher, temperature: float, soft_weight: float):
-        self.teacher = teacher
+    def __init__(self, teacher, temperature: float, soft_weight: float, teacher_dtype: str | None = None):
+        self.teacher, self.teacher_dtype = teacher, teacher_dtype  # None: the student's images as they are
         self.loss = DistillationLoss(temperature, soft_weight)
         self.loss.hybridize(static_alloc=True, static_shape=True)
 
     def __call__(self, net, xs, ys) -> list:
-        teacher_logits = [self.teacher(x) for x in xs]
+        dtype = self.teacher_dtype
+        # A float16 teacher of a float32 student gets float16 images; its logits are cast back
+        # to float32 in the loss.
+        teacher_logits = [self.teacher(x if dtype is None or x.dtype == dtype else x.astype(dtype)) for x in xs]
         with autograd.record():
             outs = [net(x) for x in xs]
             return [self.loss(o, y, t) for o, y, t in zip(outs, ys, teacher_logits)]
