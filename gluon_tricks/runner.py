@@ -103,10 +103,15 @@ class Slot:
             return ",".join(f"gpu:{i}" for i in range(len(self.devices)))
         return ",".join(self.devices)
 
-    def environment(self, threads: int) -> dict[str, str]:
+    def environment(self, threads: int, visible: str | None = None) -> dict[str, str]:
+        """The row process's variables; `visible` is this process's CUDA_VISIBLE_DEVICES (default:
+        the environment's), through which --ctx's GPU numbers are already renumbered."""
         env = {"OMP_NUM_THREADS": str(threads)}
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(d.partition(":")[2] for d in self.devices)
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if visible is None else visible
+            names = [v.strip() for v in visible.split(",")] if visible.strip() else None
+            ids = [int(d.partition(":")[2]) for d in self.devices]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(names[i] if names else str(i) for i in ids)
         return env
 
 
@@ -137,7 +142,10 @@ def row_threads(rows: int, budget: int | None = None) -> int:
     CLI defaults to every core) shared by the rows at once. Each row taking every core made
     `table demo --run --parallel 2` on 2 cores take 433 s against 256 s one row after another."""
     if budget is None:
-        budget = int(os.environ.get("OMP_NUM_THREADS") or 0) or cores()
+        try:  # a nested-parallelism list such as "4,2": its outer level is the budget
+            budget = int(os.environ.get("OMP_NUM_THREADS", "").split(",")[0] or 0) or cores()
+        except ValueError:
+            budget = cores()
     return max(1, budget // max(1, rows))
 
 

@@ -228,5 +228,7 @@ def test_rows_at_once_share_the_threads_and_a_shared_gpu_is_warned_about(monkeyp
     assert [s.devices for s in four_on_two] == [("gpu:0",), ("gpu:1",), ("gpu:0",), ("gpu:1",)]
     assert "share GPU memory" in shared_devices_warning(four_on_two)
     assert shared_devices_warning(row_slots(["gpu:0", "gpu:1"], 1, 2)) is None
+    # a table started with CUDA_VISIBLE_DEVICES=2,3 calls those GPUs gpu:0 and gpu:1: its second row gets GPU 3
+    assert row_slots(["gpu:0", "gpu:1"], 1, 2)[1].environment(1, visible="2,3")["CUDA_VISIBLE_DEVICES"] == "3"
     assert [s.ctx() for s in row_slots(["cpu:0", "cpu:1"], 1, 0)] == ["cpu:0", "cpu:1"]
     assert row_slots(["cpu:0", "cpu:1"], 1, 0)[0].environment(1) == {"OMP_NUM_THREADS": "1"}
