@@ -66,8 +66,12 @@ def make_dist(kvstore_name: str) -> Dist:
 def check_even_split(batch_size: int, workers: int, devices: int) -> None:
     """The global batch must split into equal shares, one per device of every worker."""
     if (workers > 1 or devices > 1) and batch_size % (workers * devices):
+        # Test batches split unevenly (eval_split); a training batch does not: every device's
+        # gradient enters each update, and the BatchNorm group is part of a run's identity.
+        fits = max((d for d in range(1, devices + 1) if batch_size % (workers * d) == 0), default=1)
         raise UserError(f"data.batch_size {batch_size} does not split evenly over "
-                        f"{workers} worker(s) x {devices} device(s)")
+                        f"{workers} worker(s) x {devices} device(s); train on {fits} device(s) per worker "
+                        f"(e.g. --ctx gpu:0{f'-{fits - 1}' if fits > 1 else ''}) or choose a batch they divide")
 
 
 def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:

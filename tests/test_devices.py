@@ -62,6 +62,18 @@ def test_a_last_test_batch_smaller_than_the_device_count_scores_as_on_one_device
         assert top5 == pytest.approx(one5) == pytest.approx(oracle5)
 
 
+def test_a_training_batch_that_does_not_split_names_a_device_count_that_does():
+    from gluon_tricks.devices import check_even_split
+    from gluon_tricks.errors import UserError
+
+    with pytest.raises(UserError, match=r"over 1 worker\(s\) x 8 device\(s\); train on 5 device\(s\) per worker "
+                                        r"\(e.g. --ctx gpu:0-4\)"):
+        check_even_split(100, 1, 8)  # 100 = 5 x 20
+    with pytest.raises(UserError, match=r"train on 1 device\(s\) per worker \(e.g. --ctx gpu:0\)"):
+        check_even_split(7, 1, 4)
+    check_even_split(96, 1, 8)
+
+
 # --- the BatchNorm group is part of what a row is ------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent / "recipes"
