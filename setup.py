@@ -13,6 +13,9 @@ CORE = [
     "opencv-python>=4.8,<4.12",
     "matplotlib>=3.7,<3.11",
     "tqdm>=4.60",
+    # Welch intervals of tables that show differences (gluon_tricks/stats.py). GluonCV installs
+    # scipy already; 1.16 needs numpy >= 1.25, and 1.9 is the first with wheels for numpy 1.23.
+    "scipy>=1.9,<1.16",
     # Python 3.11's tomllib is tomli 2.0.1. tomli >= 2.1 also parses TOML 1.1 (e.g. newlines in
     # inline tables), which tomllib rejects: capped so a recipe parses alike on every Python.
     'tomli>=2.0.1,<2.1; python_version < "3.11"',

@@ -95,19 +95,29 @@ def plot_mixing_examples(out: Path, pairs: int = 4, seed: int = 0) -> Path:
     return _save(fig, out)
 
 
+def seed_curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values[seed, epoch]) of `key` over the epochs every seed has a number for: the
+    epochs all seeds finished, less those without a test pass (null top1/top5 under
+    system.eval_every). Epochs count from 1."""
+    n = min(len(m) for m in runs)
+    values = np.array([[np.nan if row[key] is None else row[key] for row in m[:n]] for m in runs], dtype=float)
+    have = ~np.isnan(values).any(axis=0)
+    return np.arange(1, n + 1)[have], values[:, have]
+
+
 def plot_curves(rows: list[dict], out: Path, title: str = "") -> Path:
     """Test top-1 and train loss per epoch of each row that has results: the mean over its
-    seeds, with the band between the lowest and highest seed; one style per row."""
+    seeds, with the band between the lowest and highest seed; one style per row. Top-1 is drawn
+    at the epochs that were tested (every one, or every system.eval_every-th and the last)."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
     for i, r in enumerate(rows):
         runs = [m for m in (r.get("metrics") or []) if m]
         if not runs:
             continue
-        n = min(len(m) for m in runs)  # epochs every seed has finished
-        epochs = np.arange(1, n + 1)
         for ax, key in ((a1, "top1"), (a2, "train_loss")):
-            values = np.array([[row[key] for row in m[:n]] for m in runs])
-            ax.plot(epochs, values.mean(0), label=r["label"] if ax is a1 else None, **_style(i))
+            epochs, values = seed_curve(runs, key)
+            ax.plot(epochs, values.mean(0), label=r["label"] if ax is a1 else None,
+                    marker="." if len(epochs) < 25 else None, **_style(i))
             if len(runs) > 1:
                 ax.fill_between(epochs, values.min(0), values.max(0), color=_style(i)["color"], alpha=0.12)
     a1.set_xlabel("epoch")
@@ -137,6 +147,31 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     if finite:
         ax.set_ylim(max(0, min(finite) - 10), min(100, max(finite) + 5))
     ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, out)
+
+
+def plot_differences(rows: list[dict], differences: list[dict | None], out: Path, title: str = "") -> Path:
+    """Each row's top-1 difference from its reference row (tables.row_differences) as a bar with
+    its 95% Welch interval; rows without an interval (the first, fewer than 2 seeds) are left
+    empty. A bar whose interval excludes 0 is drawn solid, the others hatched."""
+    pos = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
+    for p, d in zip(pos, differences):
+        x = d["difference"] if d else None
+        if x is None:
+            continue
+        ax.bar(p, x.diff, 0.6, color=_COLOURS[0] if x.excludes_zero else "none", edgecolor=_COLOURS[0],
+               hatch=None if x.excludes_zero else "//")
+        ax.errorbar(p, x.diff, yerr=[[x.diff - x.low], [x.high - x.diff]], color="black", capsize=4)
+        ax.annotate(f"{x.diff:+.2f}", (p, x.high), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                    textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks(pos)
+    ax.set_xticklabels([r["label"] + (f"\nvs {d['reference']}" if d else "") for r, d in zip(rows, differences)],
+                       rotation=30, ha="right", fontsize=6)
+    ax.set_ylabel("Δ test top-1 (points), 95% Welch interval")
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=9)
     return _save(fig, out)
 
@@ -190,17 +225,19 @@ def plot_coarse_vs_fine(rows: list[dict], twins, out: Path, title: str = "") -> 
     return _save(fig, out)
 
 
-def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196) -> list[Path]:
+def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196, seeds: int | None = None,
+               epochs_scale: float = 1.0, overrides=()) -> list[Path]:
     """The table's pictures, plus its markdown, into out_dir: schedules, curves, ours vs
     paper, mixing examples; for a table that runs recipes on both CIFAR-100 label sets, also
-    coarse beside fine and one curves picture per label set."""
-    from gluon_tricks.tables import collect, render, row_recipes
+    coarse beside fine and one curves picture per label set; for a table that shows
+    differences, the bar chart of them with their intervals."""
+    from gluon_tricks.tables import collect, render, row_differences, row_recipes
 
     out_dir = Path(out_dir)
-    rows = collect(table, runs_root=runs_root)
+    rows = collect(table, seeds, epochs_scale, runs_root, overrides)
     written = []
     if not table.out_of_scope:
-        recipes = [row_recipes(r, 1, 1.0)[0] for r in table.rows]
+        recipes = [row_recipes(r, 1, epochs_scale, overrides)[0] for r in table.rows]
         written.append(plot_schedules(recipes, out_dir / "schedules.png", iters_per_epoch,
                                       labels=[r.label for r in table.rows]))
         twins = twin_rows(table)
@@ -211,8 +248,10 @@ def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196)
                                            f"{table.title}: {labels} labels"))
         else:
             written.append(plot_curves(rows, out_dir / "curves.png", table.title))
+    if table.differences:
+        written.append(plot_differences(rows, row_differences(table, rows), out_dir / "differences.png", table.title))
     written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
-    (out_dir / "table.md").write_text(render(table, "md", runs_root=runs_root) + "\n")
+    (out_dir / "table.md").write_text(render(table, "md", seeds, epochs_scale, runs_root, overrides) + "\n")
     written.append(out_dir / "table.md")
     return written

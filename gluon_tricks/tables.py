@@ -5,6 +5,8 @@ A table lives in `recipes/<name>/table.toml`:
     title = "..."
     set = ["data.fine_labels=true"]   # optional: overrides for every row (e.g. a fine-label twin)
     seeds = 3                          # optional: default seeds per row
+    differences = true                 # optional: each row's top-1 difference from the previous
+                                       # row (or its `compare_to`) with a 95% Welch interval
     out_of_scope = "..."               # optional: listed for its numbers, never run
     provenance = "..."                 # optional: the default of every row's provenance
 
@@ -16,6 +18,8 @@ A table lives in `recipes/<name>/table.toml`:
     note = "..."                       # optional: printed under the table
     provenance = "code: <repo>@<commit> <file>"  # where the row's settings come from, one line:
                                        # the code at a commit, the paper's text, or "chosen: why"
+    compare_to = "Baseline"            # optional, with `differences`: the label of the row this one's
+                                       # difference is taken from (default: the row above)
 
 A row with `listed = "why"` instead of `recipe` is another paper's number, shown but never run.
 
@@ -53,6 +57,7 @@ class Row:
     note: str = ""
     provenance: str = ""  # where the settings come from: code at a commit, the paper's text, or chosen
     listed: str = ""  # not run: why (e.g. another paper's model); the row shows its numbers only
+    compare_to: str = ""  # with Table.differences: the label of the row the difference is from ("": the row above)
 
 
 @dataclass
@@ -64,6 +69,7 @@ class Table:
     path: Path | None = None
     seeds: int = 1
     out_of_scope: str = ""
+    differences: bool = False  # show each row's difference from its reference row (`reference_rows`)
 
 
 def read_csv(name: str) -> list[dict]:
@@ -133,13 +139,35 @@ def load_table(root: Path, name: str) -> Table:
         paper = paper_numbers(r["paper"], where) if "paper" in r else {}
         recipe = path.parent / r["recipe"] if "recipe" in r else None
         rows.append(Row(r["label"], recipe, paper, common + list(r.get("set", [])), r.get("note", ""),
-                        r.get("provenance", "" if r.get("listed") else raw.get("provenance", "")), r.get("listed", "")))
-    return Table(name, raw.get("title", name), rows, raw.get("note", ""), path, int(raw.get("seeds", 1)),
-                 out_of_scope)
+                        r.get("provenance", "" if r.get("listed") else raw.get("provenance", "")), r.get("listed", ""),
+                        r.get("compare_to", "")))
+    table = Table(name, raw.get("title", name), rows, raw.get("note", ""), path, int(raw.get("seeds", 1)),
+                  out_of_scope, raw.get("differences", False))
+    reference_rows(table)  # a compare_to naming no row is an error now, not when the table prints
+    return table
+
+
+def reference_rows(table: Table) -> list[int | None]:
+    """For each row, the index of the row its difference is taken from: its `compare_to` (a label
+    of another row), else the row above (None for the first row, or when the table shows no
+    differences)."""
+    if not table.differences:
+        return [None] * len(table.rows)
+    labels = [r.label for r in table.rows]
+    out = []
+    for i, row in enumerate(table.rows):
+        if not row.compare_to:
+            out.append(i - 1 if i else None)
+            continue
+        if labels.count(row.compare_to) != 1 or row.compare_to == row.label:
+            raise UserError(f"{shown(table.path)}: row '{shown(row.label)}' has compare_to = "
+                            f"'{shown(row.compare_to)}', which is not the label of exactly one other row")
+        out.append(labels.index(row.compare_to))
+    return out
 
 
 _TEXT_KEYS = ("title", "note", "out_of_scope", "provenance")
-_ROW_TEXT_KEYS = ("label", "recipe", "note", "provenance", "listed")
+_ROW_TEXT_KEYS = ("label", "recipe", "note", "provenance", "listed", "compare_to")
 
 
 def _check_table_types(raw: dict, path: Path) -> None:
@@ -159,6 +187,8 @@ def _check_table_types(raw: dict, path: Path) -> None:
     seeds = raw.get("seeds", 1)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         fail("seeds", "a whole number >= 1", seeds)
+    if not isinstance(raw.get("differences", False), bool):
+        fail("differences", "true or false", raw["differences"])
     if "set" in raw:
         strings("set", raw["set"])
     rows = raw.get("rows", [])
@@ -227,7 +257,8 @@ def pending_runs(table: Table, seeds: int | None = None, epochs_scale: float = 1
 
 
 def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
-              progress: bool = True, parallel: int | None = None, in_process: bool = False) -> None:
+              progress: bool = True, parallel: int | None = None, in_process: bool = False,
+              missing_inputs=None) -> None:
     """Train every row (and seed) that has no result yet.
 
     Each row trains in its own process, so a finished row's memory (16 GB V100s hold one
@@ -239,7 +270,11 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     follow-up rows on a p3.16xlarge at once. Results are found by content hash, which
     includes the BatchNorm group only where it differs from the paper's, so both ways give
     the same rows. `in_process` trains here instead (for a debugger); finished rows are then
-    released by garbage collection only."""
+    released by garbage collection only.
+
+    `missing_inputs(recipes)` lists what the pending runs need and lack (doctor.missing_inputs):
+    the table is refused before anything trains, not when the row that needs it starts, hours
+    later (probe 1.14)."""
     if table.out_of_scope:
         raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
     slots = None if in_process else parallel_slots(table, parallel, epochs_scale, overrides)
@@ -247,6 +282,10 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
                            devices=len(slots[0].devices) if slots else None)
     if not pending:
         return
+    missing = missing_inputs([p.recipe for p in pending]) if missing_inputs else []
+    if missing:
+        raise UserError(f"table {table.name} cannot run: missing {'; '.join(shown(m) for m in missing)} "
+                        "(nothing was trained)")
     if in_process:
         train_in_process(table.name, pending, progress)
     else:
@@ -297,6 +336,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
         top5, top5_sd = _stat([r["final_top5"] for r in results])
         out.append({
             "label": row.label, "runs": len(results), "seeds": seeds, "run_dirs": [str(p) for p in runs],
+            "top1_values": [r["final_top1"] for r in results],  # one per seed with a result
             "top1": top1, "top1_std": top1_sd, "top5": top5, "top5_std": top5_sd,
             **{f"paper_{k}": v for k, v in row.paper.items()},
             "seconds_per_epoch": _stat([r["seconds_per_epoch"] for r in results])[0],
@@ -353,6 +393,37 @@ def bn_group_text(r: dict) -> str:
     return f"BN group {ours}, paper {paper:g}"
 
 
+def row_differences(table: Table, rows: list[dict]) -> list[dict | None]:
+    """Per row of `collect`: None (no reference row), else {"reference": its label, "difference":
+    the Welch `Difference` of this row's seeds' top-1 from the reference's, or None when either
+    has fewer than 2 results}."""
+    from gluon_tricks.stats import welch_difference
+
+    out = []
+    for r, ref in zip(rows, reference_rows(table)):
+        if ref is None or r["listed"] or rows[ref]["listed"]:
+            out.append(None)
+            continue
+        out.append({"reference": rows[ref]["label"],
+                    "difference": welch_difference(rows[ref]["top1_values"], r["top1_values"])})
+    return out
+
+
+def _difference_cell(d: dict | None) -> str:
+    if d is None:
+        return ""
+    x = d["difference"]
+    if x is None:
+        return "n < 2"
+    return f"{x.diff:+.2f} [{x.low:+.2f}, {x.high:+.2f}]" + (" *" if x.excludes_zero else "")
+
+
+DIFFERENCES_NOTE = ("Δ top-1 [95% CI]: the row's mean top-1 minus that of the row under 'from', with a 95% "
+                    "interval from Welch's t over the seeds (unequal variances, Welch-Satterthwaite degrees of "
+                    "freedom); * marks an interval that excludes 0, a step larger than its seed noise; "
+                    "n < 2: fewer than 2 seeds with results on a side, no interval")
+
+
 def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
            overrides=(), parallel: int | None = None) -> str:
     seeds = seeds or table.seeds
@@ -368,6 +439,15 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
             _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
+    differences = row_differences(table, rows) if table.differences else []
+    if differences:  # the seed count and the step from the reference row beside each mean
+        head[2:2] = ["n", "Δ top-1 [95% CI]", "from"]
+        for b, r, d in zip(body, rows, differences):
+            b[2:2] = [str(r["runs"]), _difference_cell(d), d["reference"] if d else ""]
+        if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
+            keep = [i for i, h in enumerate(head) if not h.startswith(("paper", "Δ top-1", "Δ top-5"))
+                    or h == "Δ top-1 [95% CI]"]
+            head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
     hw = next((r["hardware"] for r in rows if r["hardware"]), None)
     notes = []
     if table.out_of_scope:
@@ -382,6 +462,8 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
               for r in rows if r["runs"] and r["missing"]]
     if any(r.get("paper_top1_alt") is not None for r in rows):
         notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
+    if differences:
+        notes.append(DIFFERENCES_NOTE)
     if table.note:
         notes.append(table.note)
     notes += shared_result_notes(rows)
@@ -392,13 +474,19 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
-                    "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"])
-        for r in rows:
+                    "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"]
+                   + (["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []))
+        for i, r in enumerate(rows):
             note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", bn_group_text(r), r["note"])
                              if x)
+            extra = []
+            if differences:
+                d = differences[i]
+                x = d["difference"] if d else None
+                extra = [d["reference"] if d else ""] + ([x.diff, x.low, x.high, x.df] if x else [None] * 4)
             w.writerow([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
                         r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
-                        r["provenance"]])
+                        r["provenance"]] + extra)
         return buf.getvalue().rstrip("\n")
     if fmt == "latex":
         def esc(s):

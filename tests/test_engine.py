@@ -103,3 +103,37 @@ def test_dynamic_loss_scalings_overflow_check_is_a_counted_host_sync(tmp_path, m
         (row,) = [json.loads(l) for l in (tmp_path / scale / "metrics.jsonl").read_text().splitlines()]
         syncs[scale] = row["host_syncs"]
     assert syncs["dynamic"] - syncs["none"] == 4
+
+
+def test_eval_every_tests_every_nth_epoch_and_always_the_last(tmp_path, monkeypatch):
+    """system.eval_every = 2 over 5 epochs: test passes after epochs 2, 4 and 5 (the last, whose
+    row is the result), null top1/top5 in the others; the rows are read back as epoch rows, the
+    run keeps its identity, and the training itself is the one of eval_every = 1 (a test pass
+    changes no weight: same per-epoch train losses)."""
+    import seams
+    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.results import RunDir
+
+    seams.linear_zoo(monkeypatch)
+    rows, results = {}, {}
+    for every in (1, 2):
+        recipe = recipe_from_dict(seams.tiny(name=f"every{every}", epochs=5, system={"eval_every": every}))
+        results[every] = train(recipe, tmp_path / str(every), progress=False)
+        rows[every] = RunDir(tmp_path / str(every)).read_metrics()
+        assert [r["epoch"] for r in rows[every]] == [0, 1, 2, 3, 4]
+    tested = [r["top1"] is not None for r in rows[2]]
+    assert tested == [False, True, False, True, True]
+    assert all((r["top5"] is None) == (r["top1"] is None) for r in rows[2])
+    assert results[2]["final_top1"] == rows[2][-1]["top1"]
+    assert results[2]["best_epoch"] in (1, 3, 4)
+    assert content_hash(recipe_from_dict(seams.tiny(system={"eval_every": 2}))) == \
+        content_hash(recipe_from_dict(seams.tiny()))
+    np.testing.assert_allclose([r["train_loss"] for r in rows[2]], [r["train_loss"] for r in rows[1]], rtol=1e-6)
+    assert results[2]["final_top1"] == pytest.approx(results[1]["final_top1"])
+
+
+def test_eval_every_below_one_is_refused():
+    import seams
+
+    with pytest.raises(UserError, match="system.eval_every = 0: must be >= 1"):
+        recipe_from_dict(seams.tiny(system={"eval_every": 0}))
