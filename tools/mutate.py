@@ -131,8 +131,9 @@ MUTANTS = [
            '"hue": rng.uniform(-j, j, n)', '"hue": rng.uniform(-2 * j, 2 * j, n)',
            ("tests/test_constants.py::test_random_draws_have_the_papers_ranges",)),
     Mutant("M16", "export copies the newest checkpoint",
-           "ckpt = RunDir(Path(args.run_dir)).latest_checkpoint()",
-           "ckpt = next((RunDir(Path(args.run_dir)).verify(p) for p in RunDir(Path(args.run_dir)).checkpoints()), None)",
+           ("ckpt = RunDir(Path(args.run_dir)).latest_checkpoint()", "ckpt = run.latest_checkpoint()\n"),
+           ("ckpt = next((RunDir(Path(args.run_dir)).verify(p) for p in RunDir(Path(args.run_dir)).checkpoints()), None)",
+            "ckpt = next((run.verify(p) for p in run.checkpoints()), None)\n"),
            ("tests/test_models.py::test_export_copies_the_newest_valid_checkpoint",)),
     Mutant("M17", "the teacher predicts on the mixed batch",
            ("[teacher(xd) for xd in xs]", "[self.teacher(x) for x in xs]"),
@@ -194,6 +195,12 @@ MUTANTS = [
     Mutant("X5", "the recipe's momentum reaches the optimizer",
            'params["momentum"] = o.momentum', 'params["momentum"] = 0.9',
            (f"{A}::test_the_update_is_made_by_the_recipes_optimizer",)),
+    Mutant("X6", "the trainer-states unpickler refuses code",
+           "if (module, name) in TRAINER_STATES_CLASSES:", "if True:",
+           ("tests/test_own_files.py::test_a_crafted_trainer_states_runs_no_code_at_resume",)),
+    Mutant("X7", "checkpoint pruning deletes only the checkpoints the run wrote",
+           'CHECKPOINT_NAME = re.compile(r"^epoch\\d{4}-step\\d{7}$")', 'CHECKPOINT_NAME = re.compile(r"^[^.]")',
+           ("tests/test_own_files.py::test_pruning_deletes_only_the_checkpoints_it_wrote",)),
 ]
 
 
