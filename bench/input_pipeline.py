@@ -3,7 +3,7 @@
 Same augmentations (flip, brightness/saturation/hue, lighting, pad-4 crop, to
 tensor, normalize), same batch size, same images, same core count. The reference
 is a Gluon DataLoader over `transforms.Compose` with 0 workers (1 core) and with
-one worker per core; ours is the TrainStream producer on 1 thread, and with its
+one worker per core; ours is the CifarTrainStream producer on 1 thread, and with its
 batches split over one thread per core.
 
 The reference with worker processes runs in a child process of its own (`--reference-workers`)
@@ -26,10 +26,10 @@ BATCH = 128
 
 def ours_rate(images, labels, threads: int) -> float:
     from gluon_tricks.data.augment import CifarAugment
-    from gluon_tricks.data.loader import TrainStream
+    from gluon_tricks.data.loader import CifarTrainStream
     from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD
 
-    stream = TrainStream(images, labels, BATCH, CifarAugment(IMAGENET_MEAN, IMAGENET_STD), seed=0, prefetch=0)
+    stream = CifarTrainStream(images, labels, BATCH, CifarAugment(IMAGENET_MEAN, IMAGENET_STD), seed=0, prefetch=0)
     steps = stream.steps_per_epoch()
     order = np.random.default_rng(0).permutation(len(images))
 

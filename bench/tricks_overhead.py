@@ -48,18 +48,15 @@ def mixing_alone(kind: str) -> float:
     import mxnet as mx
 
     from gluon_tricks.recipe import MixupSpec
-    from gluon_tricks.tricks.mixing import Mixer, mix_block
+    from gluon_tricks.tricks.mixing import Mixer
 
     mixer = Mixer(MixupSpec(kind=kind), epochs=1)
-    block = mix_block(mixer.sources)
-    block.hybridize(static_alloc=True, static_shape=True)
     x = mx.nd.random.normal(shape=(BATCH, 3, 32, 32))
     y = mx.nd.ones((BATCH, 10)) / 10
     rng = np.random.default_rng(0)
 
     def once():
-        plan = mixer.plan(BATCH, 32, 32, 0, rng)
-        block(x, y, mx.nd.array(plan.index), mx.nd.array(plan.masks), mx.nd.array(plan.weights))[0].wait_to_read()
+        mixer.mix([x], [y], 0, rng)[0][0].wait_to_read()
 
     return seconds_per_call(once)
 

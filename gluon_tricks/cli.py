@@ -74,12 +74,14 @@ def cmd_tables(args) -> int:
 
 
 def cmd_table(args) -> int:
+    from gluon_tricks.doctor import missing_inputs
     from gluon_tricks.tables import load_table, render, run_table
 
     table = load_table(recipes_root(), args.name)
     if args.run:
         run_table(table, seeds=args.seeds, epochs_scale=args.epochs_scale, runs_root=args.runs,
-                  overrides=_overrides(args), progress=not args.quiet, parallel=args.parallel)
+                  overrides=_overrides(args), progress=not args.quiet, parallel=args.parallel,
+                  missing_inputs=missing_inputs)
     print(shown_lines(render(table, fmt=args.format, seeds=args.seeds, epochs_scale=args.epochs_scale,
                              runs_root=args.runs, overrides=_overrides(args))))
     return 0
@@ -123,7 +125,8 @@ def cmd_plot(args) -> int:
     table = load_table(recipes_root(), args.name)
     runs = Path(args.runs) if args.runs else runs_root()
     out = Path(args.out) if args.out else runs / "tables" / args.name
-    for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch):
+    for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch, seeds=args.seeds,
+                           epochs_scale=args.epochs_scale, overrides=list(args.set or [])):
         print(path)
     return 0
 
@@ -299,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("name")
     pl.add_argument("--out", help="directory (default: <runs>/tables/<name>)")
     pl.add_argument("--iters-per-epoch", type=int, default=196)
+    # the runs a table made with these flags are other recipes (probe 1.21): plot must be told them too
+    pl.add_argument("--seeds", type=positive_int, default=None, help="seeds per row, as given to table")
+    pl.add_argument("--epochs-scale", type=positive_float, default=1.0, help="as given to table")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="as given to table (repeatable)")
     runs_flag(pl)
     pl.set_defaults(func=cmd_plot)
 

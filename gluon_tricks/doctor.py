@@ -198,8 +198,7 @@ def mxnet_lines() -> list[Line]:
     try:
         import mxnet as mx
     except Exception as e:  # an unresolved library surfaces as OSError, others as they come
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-        return [Line("FAIL", f"import mxnet failed: {first}", "see the library lines above")]
+        return [Line("FAIL", f"import mxnet failed: {first_line(e)}", "see the library lines above")]
     features = mx.runtime.Features()
     have = {f: features.is_enabled(f) for f in FEATURES}
     text = "MXNet build: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in have.items())
@@ -329,6 +328,23 @@ def teacher_missing(spec) -> tuple[list[str], str]:
     except UserError as e:
         return [f"{spec.teacher} ({e})"], ""
     return ([] if expected.is_file() else [str(expected)]), "GluonCV downloads it on first use (needs internet)"
+
+
+def missing_inputs(recipes) -> list[str]:
+    """What the recipes need that is neither here nor fetched on first use: teacher .params files,
+    ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
+    from gluon_tricks.models import teacher_file
+
+    out = []
+    for recipe in recipes:
+        needs = []
+        if recipe.distill.teacher and teacher_file(recipe.distill.teacher) is not None:
+            needs.append(teacher_missing(recipe.distill))
+        if recipe.data.dataset in ("recordio", "imagefolder"):
+            needs.append(data_missing(recipe.data))
+        for missing, how in needs:
+            out += [line for line in (f"{m} -> {how}" if how else m for m in missing) if line not in out]
+    return out
 
 
 def table_lines(root: Path | None = None) -> list[Line]:

@@ -7,7 +7,7 @@ parallelism live in devices.py; the console (StopFlag, Progress) is at the end o
 
 Per step (`_train_step`): a prefetched host batch (augmented images, integer labels)
 gets the recipe's smoothed targets, is split over the devices, and is mixed on each
-(MixBlock); the step-loss object (StudentLoss, or DistillStep whose teacher predicts
+(Mixer.mix); the step-loss object (StudentLoss, or DistillStep whose teacher predicts
 on exactly the mixed images) records the loss, which is back-propagated, and the
 Trainer reduces gradients through the KVStore the recipe names and applies the update.
 
@@ -32,8 +32,7 @@ from mxnet import autograd, gluon
 
 from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
-from gluon_tricks.data.loader import RNG_MIX, step_rng
-from gluon_tricks.data.streams import TestStream, TrainStream
+from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
 from gluon_tricks.devices import (Dist, HostReads, check_even_split, gather, make_dist, micro_batches, micro_slice,
                                   parse_ctx)
 from gluon_tricks.errors import DivergenceError, Interrupted, UserError
@@ -42,10 +41,9 @@ from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, check_trainer_states, provenance
 from gluon_tricks.tricks.distill import DistillStep
 from gluon_tricks.tricks.losses import StudentLoss
-from gluon_tricks.tricks.mixing import Mixer, mix_block
+from gluon_tricks.tricks.mixing import Mixer
 from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, checks_reduced, optimizer_step
-from gluon_tricks.tricks.schedules import lr_at, schedule_args
 from gluon_tricks.tricks.smoothing import smooth_targets
 
 
@@ -115,7 +113,6 @@ class Setup:
     train_images: int
     step_loss: StudentLoss | DistillStep
     mixer: Mixer
-    mix: gluon.HybridBlock | None  # MixBlock, or None when the recipe never mixes
     scaler: LossScaler
     progress: Progress
     micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
@@ -138,7 +135,8 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     run = RunDir(run_dir)
     recipe_hash = recipe_mod.content_hash(recipe)
 
-    train_stream, test_stream, classes, train_images = make_streams(recipe, dist.rank, dist.workers, contexts)
+    streams = make_streams(recipe, dist.rank, dist.workers, contexts)
+    classes = streams.classes
     check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
@@ -164,13 +162,9 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     if dist.is_chief:
         run.prepare(recipe_hash, recipe.name, recipe_mod.to_toml(recipe), resume, overwrite)
 
-    mixer = Mixer(recipe.mixup, recipe.epochs)
-    mix = mix_block(mixer.sources) if mixer.enabled else None
-    if mix is not None:
-        mix.hybridize(static_alloc=True, static_shape=True)
-    return Setup(recipe, run, recipe_hash, contexts, dist, net, train_stream, test_stream, classes, train_images,
-                 step_loss, mixer, mix, LossScaler(recipe.optim.loss_scale),
-                 Progress(progress and dist.is_chief, recipe.epochs), micro)
+    return Setup(recipe, run, recipe_hash, contexts, dist, net, streams.train, streams.test, classes,
+                 streams.train_images, step_loss, Mixer(recipe.mixup, recipe.epochs),
+                 LossScaler(recipe.optim.loss_scale), Progress(progress and dist.is_chief, recipe.epochs), micro)
 
 
 @dataclass
@@ -214,7 +208,7 @@ def _restore(setup: Setup, resume: bool) -> tuple[Position, gluon.Trainer]:
         position.epoch, position.step = ckpt.state["next_epoch"], ckpt.state["next_step"]
     # A distributed kvstore cannot save optimizer states (they live on the servers): there
     # the checkpoint keeps the parameters and the update count, and momentum starts afresh.
-    opt_name, opt_params = make_optimizer(setup.recipe, steps)
+    opt_name, opt_params = make_optimizer(setup.recipe, setup.net, steps)
     if ckpt is not None and setup.dist.is_distributed:
         opt_params["begin_num_update"] = position.epoch * steps + position.step
     trainer = gluon.Trainer(setup.net.collect_params(), opt_name, opt_params, kvstore=setup.dist.kvstore,
@@ -229,6 +223,9 @@ def _restore(setup: Setup, resume: bool) -> tuple[Position, gluon.Trainer]:
         if not setup.dist.is_distributed:
             check_trainer_states(ckpt.trainer_states)  # MXNet would unpickle any code in it
             trainer.load_states(str(ckpt.trainer_states))
+            # after load_states: it broadcasts device 0's copy of every parameter to the others
+            if ckpt.device_states is not None and ckpt.state.get("devices") == [str(c) for c in setup.contexts]:
+                _load_device_states(setup, ckpt.device_states)
         setup.scaler.load(ckpt.state["scaler"])
         position.best = ckpt.state["best"]
         position.load_partial_epoch(ckpt.state.get("partial_epoch", {}))
@@ -261,9 +258,33 @@ def _save(setup: Setup, trainer, position: Position):
         raise DivergenceError(f"the weights are NaN/Inf {at}: training diverged ({where}; nothing newer was "
                               "saved); lower optim.lr, add warm-up, or check the data")
     state = {"scaler": setup.scaler.state(), "best": position.best, "seed": setup.recipe.seed,
-             "hash": setup.recipe_hash, "partial_epoch": position.partial_epoch(), "segments": position.segments}
+             "hash": setup.recipe_hash, "partial_epoch": position.partial_epoch(), "segments": position.segments,
+             "devices": [str(c) for c in setup.contexts]}
+    save_device_states = None
+    if len(setup.contexts) > 1:
+        def save_device_states(path):
+            mx.nd.save(path, {f"{i}/{name}": p.data(ctx) for name, p in _unsynced_params(setup.net).items()
+                              for i, ctx in enumerate(setup.contexts)})
     return setup.run.save_checkpoint(position.epoch, position.step, state, setup.net.save_parameters, save_trainer,
-                                     keep=setup.recipe.system.keep_checkpoints)
+                                     keep=setup.recipe.system.keep_checkpoints, save_device_states=save_device_states)
+
+
+def _unsynced_params(net) -> dict:
+    """The parameters no optimizer step keeps equal across devices (grad_req "null": BatchNorm's
+    running mean and variance), by their structural names (as save_parameters names them)."""
+    return {name: p for name, p in net._collect_params_with_prefix().items() if p.grad_req == "null"}
+
+
+def _load_device_states(setup: Setup, path: Path) -> None:
+    """Give each device back its own copy of the unsynced parameters. load_parameters gave every
+    device the mean of the copies (what Gluon saves), which a resumed run would continue from: the
+    BatchNorm statistics then differed from an uninterrupted run's by 1-4 ulp (probe 2.3)."""
+    saved = mx.nd.load(str(path))
+    for name, p in _unsynced_params(setup.net).items():
+        for i, ctx in enumerate(setup.contexts):
+            key = f"{i}/{name}"
+            if key in saved:
+                p.data(ctx)[:] = saved[key]
 
 
 def weights_finite(net, ctx, read) -> bool:
@@ -311,7 +332,7 @@ def _train_epoch(setup: Setup, trainer, position: Position, epoch: int, stop: St
     steps = setup.steps_per_epoch
     return {
         "epoch": epoch,
-        "lr": lr_at((epoch + 1) * steps - 1, iters_per_epoch=steps, **schedule_args(recipe)),
+        "lr": trainer.optimizer.lr_scheduler.lr((epoch + 1) * steps - 1),  # the Schedule the updates apply
         "train_loss": train_loss,
         "top1": top1,
         "top5": top5,
@@ -336,12 +357,7 @@ def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list
     targets = smooth_targets(labels, setup.classes, recipe.smoothing.eps, recipe.smoothing.form)
     images = gluon.utils.split_and_load(x, contexts)
     targets = gluon.utils.split_and_load(targets, contexts)
-    plan = setup.mixer.plan(images[0].shape[0], x.shape[2], x.shape[3], epoch,
-                            step_rng(recipe.seed, epoch, step, RNG_MIX)) if setup.mix else None
-    if plan is not None:
-        mixed = [setup.mix(xd, yd, mx.nd.array(plan.index, ctx=xd.context), mx.nd.array(plan.masks, ctx=xd.context),
-                           mx.nd.array(plan.weights, ctx=xd.context)) for xd, yd in zip(images, targets)]
-        images, targets = [m[0] for m in mixed], [m[1] for m in mixed]
+    images, targets = setup.mixer.mix(images, targets, epoch, step_rng(recipe.seed, epoch, step, RNG_MIX))
     if recipe.model.dtype != "float32":
         images = [xd.astype(recipe.model.dtype) for xd in images]
     parts = setup.micro_batches

@@ -125,7 +125,6 @@ def plan(workers: int, servers: int, command: list[str], hosts: list[str] | None
     for w in range(workers):
         host = "127.0.0.1" if local else hosts[w % len(hosts)]
         env = role_env("worker", uri, port, workers, servers, host, iface)
-        env["GLUON_TRICKS_WORKER_INDEX"] = str(w)
         argv = command if local else ssh_command(host, env, command, workdir or os.getcwd())
         out.append((f"worker {w}" + ("" if local else f" on {host}"), argv, env))
     return out

@@ -17,8 +17,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import init as mx_init
 
-from gluon_tricks.errors import UserError
-from gluon_tricks.tricks.optim import no_bias_decay
+from gluon_tricks.errors import UserError, first_line
+from gluon_tricks.paths import mxnet_home
 from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
 
@@ -66,8 +66,7 @@ def zoo_weights_file(name: str, tag: str | None = None) -> Path:
         except ValueError:
             raise UserError(f"GluonCV publishes no pretrained weights for {name!r}; "
                             "use a .params file (distill.teacher_model names its architecture)") from None
-    root = Path(os.environ.get("MXNET_HOME", "~/.mxnet")).expanduser() / "models"
-    return root / f"{name}-{tag}.params"
+    return mxnet_home() / "models" / f"{name}-{tag}.params"
 
 
 def _pretrained(source: str, ctx, **kwargs):
@@ -82,7 +81,7 @@ def _pretrained(source: str, ctx, **kwargs):
     except UserError:
         raise
     except Exception as e:  # network failures surface as several unrelated exception types
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        why = first_line(e, 160)
         fetch = f"get_model('{name}', pretrained={repr(tag) if tag else True})"
         state = "is missing" if not expected.exists() else "has another SHA1 (partial download or other version)"
         raise UserError(
@@ -133,8 +132,6 @@ def build_model(recipe, classes: int, ctx):
             print(f"note: model.zero_gamma does nothing for {m.name}: it has no residual blocks", file=sys.stderr)
         initializer = mx_init.Xavier(magnitude=2) if m.init == "msra" else mx_init.Xavier()
         net.initialize(initializer, ctx=ctx)
-    if recipe.optim.no_bias_decay:
-        no_bias_decay(net)
     if m.dtype != "float32":
         net.cast(m.dtype)
     return net
@@ -174,9 +171,8 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         try:
             net.load_parameters(str(path), ctx=ctx)
         except (AssertionError, mx.MXNetError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
             raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
-                            f"({first}); check distill.teacher_model and the dataset's classes") from None
+                            f"({first_line(e)}); check distill.teacher_model and the dataset's classes") from None
     else:
         net = _pretrained(src, ctx)
         out = output_classes(net)
@@ -205,17 +201,8 @@ def count_flops(net, size: int = 224, ctx=None) -> int:
     def dense_hook(block, inputs, output):
         total[0] += int(np.prod(block.weight.shape))
 
-    handles = []
-
-    def attach(block):
-        for child in block._children.values():
-            if isinstance(child, nn.Conv2D):
-                handles.append(child.register_forward_hook(conv_hook))
-            elif isinstance(child, nn.Dense):
-                handles.append(child.register_forward_hook(dense_hook))
-            attach(child)
-
-    attach(net)
+    handles = [b.register_forward_hook(conv_hook if isinstance(b, nn.Conv2D) else dense_hook)
+               for b in descendants(net) if isinstance(b, (nn.Conv2D, nn.Dense))]
     net(mx.nd.zeros((1, 3, size, size), ctx=ctx or mx.cpu()))
     for h in handles:
         h.detach()

@@ -225,7 +225,8 @@ def plot_coarse_vs_fine(rows: list[dict], twins, out: Path, title: str = "") -> 
     return _save(fig, out)
 
 
-def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196) -> list[Path]:
+def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196, seeds: int | None = None,
+               epochs_scale: float = 1.0, overrides=()) -> list[Path]:
     """The table's pictures, plus its markdown, into out_dir: schedules, curves, ours vs
     paper, mixing examples; for a table that runs recipes on both CIFAR-100 label sets, also
     coarse beside fine and one curves picture per label set; for a table that shows
@@ -233,10 +234,10 @@ def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196)
     from gluon_tricks.tables import collect, render, row_differences, row_recipes
 
     out_dir = Path(out_dir)
-    rows = collect(table, runs_root=runs_root)
+    rows = collect(table, seeds, epochs_scale, runs_root, overrides)
     written = []
     if not table.out_of_scope:
-        recipes = [row_recipes(r, 1, 1.0)[0] for r in table.rows]
+        recipes = [row_recipes(r, 1, epochs_scale, overrides)[0] for r in table.rows]
         written.append(plot_schedules(recipes, out_dir / "schedules.png", iters_per_epoch,
                                       labels=[r.label for r in table.rows]))
         twins = twin_rows(table)
@@ -251,6 +252,6 @@ def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196)
         written.append(plot_differences(rows, row_differences(table, rows), out_dir / "differences.png", table.title))
     written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
-    (out_dir / "table.md").write_text(render(table, "md", runs_root=runs_root) + "\n")
+    (out_dir / "table.md").write_text(render(table, "md", seeds, epochs_scale, runs_root, overrides) + "\n")
     written.append(out_dir / "table.md")
     return written

@@ -2,8 +2,8 @@
 
 A recipe file may `extends = "other.toml"` (a path relative to itself) and
 override any field. Loading merges the chain, checks every key and type against
-the dataclasses below, and returns a frozen-in-spirit `Recipe`. Nothing in a
-recipe is ever executed: TOML is parsed as data by the standard library.
+the dataclasses below, and returns a frozen `Recipe`. Nothing in a recipe is
+ever executed: TOML is parsed as data by the standard library.
 
 The defaults are the follow-up paper's CIFAR-100 baseline (its Table I): CIFAR
 ResNet-56 v1, NAG lr 0.1 momentum 0.9 wd 1e-4, /10 at epochs 30/60/90, 120
@@ -27,26 +27,26 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSpec:
     dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | cifar100-mini | imagefolder | recordio
     root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (the vendored copy for the -mini sets)
     fine_labels: bool = True  # CIFAR-100 only: 100 fine classes, or the 20 coarse superclasses
-    augment: str = "followup"  # followup | gluoncv | none | bot (ImageNet-style, issue 5)
+    augment: str = "followup"  # followup | gluoncv | none | bot (the ImageNet-style path)
     batch_size: int = 256  # global batch: split over every device and worker
     train_limit: int = 0  # keep only the first N training images (0 = all); for tests and demos
     test_limit: int = 0
     image_size: int = 32
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
-    # ImageNet path (issue 5): validation resize of the shorter side; 0 = image_size * 256/224.
+    # ImageNet-style path: validation resize of the shorter side; 0 = image_size * 256/224.
     val_resize: int = 0
     min_area: float = 0.08
     color_jitter: float = 0.4  # brightness/saturation/hue factors drawn from [1-j, 1+j]
     lighting_std: float = 0.1  # PCA lighting noise coefficient ~ N(0, lighting_std)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSpec:
     name: str = "cifar_resnet56_v1"  # any GluonCV model-zoo classifier
     pretrained: bool = False  # start from the zoo's ImageNet weights (fine-tuning)
@@ -56,7 +56,7 @@ class ModelSpec:
     classes: int = 0  # 0: the dataset's number of classes
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimSpec:
     name: str = "nag"  # nag | sgd | adam | nadam | adadelta | rmsprop
     lr: float = 0.1
@@ -69,7 +69,7 @@ class OptimSpec:
     epsilon: float = 0.0  # adam | nadam | rmsprop | adadelta: 0 = MXNet's own default for that optimizer
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleSpec:
     kind: str = "step"  # step | cosine | poly | constant
     decay_epochs: list[int] = field(default_factory=lambda: [30, 60, 90])  # step only
@@ -92,13 +92,13 @@ class ScheduleSpec:
     decay_every: str = "iteration"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmoothingSpec:
     eps: float = 0.0  # 0 = hard one-hot targets
     form: str = "gluoncv"  # gluoncv: on 1-eps+eps/K, off eps/K | paper: on 1-eps, off eps/(K-1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixupSpec:
     kind: str = "none"  # none | interpolation | stitch_height | stitch_width | tile | random
     alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
@@ -115,7 +115,7 @@ class MixupSpec:
     off_last_epochs: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillSpec:
     # "" = off; a zoo name (its default pretrained weights), a zoo name with a weights tag,
     # "<zoo name>:<first 8 hex digits of the weights' sha1>" (GluonCV's `pretrained='<tag>'`,
@@ -129,7 +129,7 @@ class DistillSpec:
     teacher_dtype: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SystemSpec:
     """How and where to run: never part of a result's identity (see `content_hash`)."""
     ctx: str = "auto"  # auto (every GPU MXNet sees, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
@@ -143,7 +143,7 @@ class SystemSpec:
     keep_checkpoints: int = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
     name: str = "baseline"
     description: str = ""

@@ -14,8 +14,7 @@ moment leaves either the old or the new version; a checkpoint directory appears
 under its final name only when complete. A checkpoint that fails its checksums
 is skipped at resume, with a message, in favour of the previous one.
 
-Only a directory whose run.json carries the marker (or, for runs written before the
-marker, a 16-hex hash, a name and a recipe.toml) is a run: `--overwrite` replaces only
+Only a directory whose run.json carries the marker is a run: `--overwrite` replaces only
 such a directory, and deletes only the files listed above. A process that trains into a
 directory holds an flock on `<run>/.lock` until the run ends (or the process dies); a second
 one is refused.
@@ -51,6 +50,12 @@ _LEFTOVER = re.compile(r"^\.(recipe\.toml|run\.json|metrics\.jsonl|result\.json)
 # deletes there (a user's own copy, or a scratch disk's other folders when checkpoints/ is a
 # symlink to it, are not ours: red team 2, probes 9.7, 9.8).
 CHECKPOINT_NAME = re.compile(r"^epoch\d{4}-step\d{7}$")
+# A checkpoint's files: the network (on several devices, Gluon saves the mean of the copies) and
+# the optimizer; with several devices also each device's own copy of the arrays no update keeps
+# equal across devices (BatchNorm running statistics), so a resume continues each device from
+# its own copy, bit for bit (red team 2, probe 2.3).
+CHECKPOINT_FILES = ("net.params", "trainer.states")
+DEVICE_STATES = "device_states.params"
 _CHECKPOINT_LEFTOVER = re.compile(r"^\.tmp-epoch\d{4}-step\d{7}-\d+$")
 # flock'd file descriptors, held open (and so locked) until the process exits.
 _HELD_LOCKS: dict[str, int] = {}
@@ -185,7 +190,8 @@ class _TrainerStatesUnpickler(pickle.Unpickler):
 
     ALLOWED = {
         ("mxnet.ndarray.ndarray", "NDArray"),
-        ("gluon_tricks.tricks.schedules", "PaperLR"),
+        ("gluon_tricks.tricks.schedules", "Schedule"),
+        ("gluon_tricks.tricks.schedules", "PaperLR"),  # Schedule's name in checkpoints written before it
         ("builtins", "bytearray"),  # NDArray's pickled state
     }
 
@@ -225,6 +231,10 @@ class Checkpoint:
     def trainer_states(self) -> Path:
         return self.path / "trainer.states"
 
+    @property
+    def device_states(self) -> Path | None:
+        return self.path / DEVICE_STATES if DEVICE_STATES in self.state["sha256"] else None
+
 
 class RunDir:
     def __init__(self, path: Path):
@@ -251,12 +261,7 @@ class RunDir:
             return None
         if not isinstance(info, dict) or not isinstance(info.get("hash"), str):
             return None
-        if info.get("tool") == TOOL and isinstance(info.get("format"), int):
-            return info
-        # Written before the marker existed: exactly our two keys, our hash's shape, our recipe file.
-        legacy = (set(info) == {"hash", "name"} and re.fullmatch(r"[0-9a-f]{16}", info["hash"])
-                  and (self.path / "recipe.toml").is_file())
-        return info if legacy else None
+        return info if info.get("tool") == TOOL and isinstance(info.get("format"), int) else None
 
     def _damaged_run_json(self) -> str:
         """Why run.json cannot be read, when this directory still looks like one of our runs
@@ -447,8 +452,10 @@ class RunDir:
         atomic_write_json(self.result_file, result)
 
     # -- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int, step: int, state: dict, save_params, save_trainer, keep: int = 2) -> Path:
-        """`save_params(path)` / `save_trainer(path)` write the two MXNet files."""
+    def save_checkpoint(self, epoch: int, step: int, state: dict, save_params, save_trainer, keep: int = 2,
+                        save_device_states=None) -> Path:
+        """`save_params(path)` / `save_trainer(path)` write the two MXNet files; `save_device_states(path)`,
+        when given, each device's copy of what differs between devices (DEVICE_STATES)."""
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         final = self.ckpt_root / f"epoch{epoch:04d}-step{step:07d}"
         tmp = self.ckpt_root / f".tmp-{final.name}-{os.getpid()}"
@@ -458,11 +465,14 @@ class RunDir:
             tmp.mkdir()
             save_params(str(tmp / "net.params"))
             save_trainer(str(tmp / "trainer.states"))
-            for name in ("net.params", "trainer.states"):
+            names = CHECKPOINT_FILES
+            if save_device_states is not None:
+                save_device_states(str(tmp / DEVICE_STATES))
+                names += (DEVICE_STATES,)
+            for name in names:
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
-            state = dict(state, next_epoch=epoch, next_step=step,
-                         sha256={n: sha256_file(tmp / n) for n in ("net.params", "trainer.states")})
+            state = dict(state, next_epoch=epoch, next_step=step, sha256={n: sha256_file(tmp / n) for n in names})
             atomic_write_json(tmp / "state.json", state)
             if final.exists():
                 shutil.rmtree(final)
@@ -505,14 +515,16 @@ class RunDir:
             state = json.loads((path / "state.json").read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"checkpoint {path} has no readable state.json ({e.__class__.__name__})") from None
-        for name, digest in state.get("sha256", {}).items():
+        digests = state.get("sha256", {}) if isinstance(state, dict) else {}
+        if not isinstance(digests, dict) or not set(CHECKPOINT_FILES) <= set(digests) <= \
+                set(CHECKPOINT_FILES + (DEVICE_STATES,)):
+            raise UserError(f"checkpoint {path} is incomplete")
+        for name, digest in digests.items():
             f = path / name
             if not f.is_file():
                 raise UserError(f"checkpoint {path} lacks {name}")
             if sha256_file(f) != digest:
                 raise UserError(f"checkpoint {path}/{name} is truncated or corrupt (checksum mismatch)")
-        if set(state.get("sha256", {})) != {"net.params", "trainer.states"}:
-            raise UserError(f"checkpoint {path} is incomplete")
         if not params_finite(path / "net.params"):  # e.g. written before the save-time guard existed
             raise UserError(f"checkpoint {path} holds weights that are not finite (NaN/Inf)")
         return Checkpoint(path, state)

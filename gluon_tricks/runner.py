@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
     import multiprocessing
     from collections import deque
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     slots = _slots(pending, parallel)
     queue, running, failures = deque(pending), {}, []
@@ -138,6 +140,9 @@ def train_in_processes(name: str, pending: list[PendingRun], progress: bool = Tr
                 executor.shutdown(wait=True)
                 slots.append(device)
                 error = future.exception()
+                if isinstance(error, BrokenProcessPool):  # probe 1.12: a traceback naming no row
+                    error = UserError("its process died (killed by a signal: out of memory?); run the same "
+                                      "command again to resume it from its last checkpoint")
                 if error is not None:
                     failures.append((label, error))
                 elif progress and quiet_rows:
@@ -158,8 +163,13 @@ def _raise_first(name: str, failures: list[tuple[str, BaseException]]) -> None:
     if stopped:  # Ctrl-C reached the row processes first: each saved a checkpoint
         raise Interrupted(f"table {name} stopped; {', '.join(map(repr, stopped))} checkpointed and resume "
                           "when the same command runs again; finished rows are kept")
-    if failures:
-        label, error = failures[0]
-        if isinstance(error, (UserError, Interrupted)):
-            raise type(error)(f"row {label!r}: {error}")
-        raise error
+    # Every failed row is reported (probe 1.13: a second diverged row went unmentioned); a bug
+    # (not a UserError) keeps its traceback, after the others' lines.
+    told = [(label, error) for label, error in failures if isinstance(error, UserError)]
+    bugs = [error for _, error in failures if not isinstance(error, UserError)]
+    if bugs:
+        for label, error in told:
+            print(f"error: row {label!r}: {error}", file=sys.stderr)
+        raise bugs[0]
+    if told:
+        raise type(told[0][1])("; ".join(f"row {label!r}: {error}" for label, error in told))

@@ -234,7 +234,8 @@ def pending_runs(table: Table, seeds: int | None = None, epochs_scale: float = 1
 
 
 def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None, overrides=(),
-              progress: bool = True, parallel: int | None = None, in_process: bool = False) -> None:
+              progress: bool = True, parallel: int | None = None, in_process: bool = False,
+              missing_inputs=None) -> None:
     """Train every row (and seed) that has no result yet.
 
     Each row trains in its own process, so a finished row's memory (16 GB V100s hold one
@@ -244,12 +245,20 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     CIFAR rows on a p3.16xlarge at once keep the follow-up's single-GPU BatchNorm batch and
     beat one row on eight GPUs. Results are found by content hash, and the device is not
     part of it, so both ways give the same rows. `in_process` trains here instead (for a
-    debugger); finished rows are then released by garbage collection only."""
+    debugger); finished rows are then released by garbage collection only.
+
+    `missing_inputs(recipes)` lists what the pending runs need and lack (doctor.missing_inputs):
+    the table is refused before anything trains, not when the row that needs it starts, hours
+    later (probe 1.14)."""
     if table.out_of_scope:
         raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
     pending = pending_runs(table, seeds, epochs_scale, runs_root, overrides)
     if not pending:
         return
+    missing = missing_inputs([p.recipe for p in pending]) if missing_inputs else []
+    if missing:
+        raise UserError(f"table {table.name} cannot run: missing {'; '.join(shown(m) for m in missing)} "
+                        "(nothing was trained)")
     if in_process:
         train_in_process(table.name, pending, progress)
     else:

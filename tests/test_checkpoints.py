@@ -127,7 +127,7 @@ def test_a_batch_is_a_function_of_seed_epoch_and_step():
     def batches(seed, epoch, start=0):
         d = seams.tiny(images=64, seed=seed)
         d["data"] = dict(d["data"], augment="followup")
-        stream = make_streams(recipe_from_dict(d))[0]
+        stream = make_streams(recipe_from_dict(d)).train
         return [np.asarray(b[1]) for b in stream.epoch(epoch, start)]
 
     whole, resumed = batches(0, 1), batches(0, 1, start=2)

@@ -115,7 +115,7 @@ def test_recipe_augment_names_choose_the_pipeline(augment):
 
     r = recipe_from_dict({"data": {"dataset": "cifar10-mini", "batch_size": 16, "train_limit": 32,
                                    "test_limit": 16, "augment": augment}})
-    stream = make_streams(r)[0]
+    stream = make_streams(r).train
     x = next(iter(stream.epoch(0)))[1]  # (step, images, labels...)
     x = np.asarray(x.asnumpy() if hasattr(x, "asnumpy") else x).transpose(0, 2, 3, 1)
     spec = r.data

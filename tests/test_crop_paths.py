@@ -43,7 +43,7 @@ def recipe(root: Path, dataset: str, batch: int):
 
 
 def outputs(r) -> np.ndarray:
-    train, *_ = make_streams(r, 0, 1)
+    train = make_streams(r, 0, 1).train
     return np.concatenate([getattr(x, "asnumpy", lambda: x)() for _, x, _ in train.epoch(0)]) * 255.0
 
 

@@ -72,7 +72,8 @@ def test_record_val_with_another_class_list_is_refused(tmp_path):
 def test_image_folder_val_is_labelled_by_train_class_names(tmp_path):
     tree(tmp_path / "train", "abc")
     tree(tmp_path / "val", "ac")
-    _, test, classes, _ = make_streams(recipe(tmp_path, "imagefolder", mean=[0, 0, 0], std=[1, 1, 1]))
+    streams = make_streams(recipe(tmp_path, "imagefolder", mean=[0, 0, 0], std=[1, 1, 1]))
+    test, classes = streams.test, streams.classes
     seen = 0
     for x, y in test.batches():
         x = x.asnumpy() if hasattr(x, "asnumpy") else x

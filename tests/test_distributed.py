@@ -11,7 +11,8 @@ from mxnet import autograd, gluon
 import numpy as np
 import pytest
 
-from gluon_tricks.data.loader import TrainStream, epoch_order
+from gluon_tricks.data.loader import CifarTrainStream
+from gluon_tricks.data.streams import epoch_order
 from gluon_tricks.engine import train
 from gluon_tricks.launch import plan, read_hostfile, training_command
 from gluon_tricks.recipe import recipe_from_dict, to_toml
@@ -78,7 +79,7 @@ def test_worker_shards_are_disjoint_and_cover_each_global_batch():
     from gluon_tricks.data.augment import CifarAugment
     aug = CifarAugment([0.5] * 3, [0.2] * 3, train=False)
     for workers in (1, 2, 4):
-        streams = [TrainStream(images, labels, 24, aug, 0, part=p, parts=workers) for p in range(workers)]
+        streams = [CifarTrainStream(images, labels, 24, aug, 0, part=p, parts=workers) for p in range(workers)]
         order = epoch_order(100, 0, 5)
         steps = streams[0].steps_per_epoch()
         assert steps == 4

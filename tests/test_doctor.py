@@ -209,6 +209,39 @@ def test_table_lines_list_missing_data_and_teachers(tmp_path, monkeypatch):
     assert doctor.table_lines(tmp_path / "recipes") == [Line("OK", "table t: data and teachers present")]
 
 
+def test_doctor_and_training_read_the_same_folders_with_a_literal_tilde(tmp_path, monkeypatch):
+    """MXNET_HOME=~/data reaches the process unexpanded when the shell quotes it: doctor, the
+    CIFAR reader, the ImageNet-style readers and the zoo weights all mean $HOME/data (as
+    GluonCV's model store does), not a folder named '~' in the working directory."""
+    import gluon_tricks.data.cifar as cifar
+    from gluon_tricks.data import make_streams
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.models import zoo_weights_file
+    from gluon_tricks.recipe import recipe_from_dict
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("MXNET_HOME", "~/data")
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "data"
+    r = recipe_from_dict({"data": {"dataset": "cifar100"}})
+    assert doctor.data_missing(r.data)[0] == [f"{home}/datasets/cifar100/ (cifar100)"]
+    downloads = []
+    monkeypatch.setattr(cifar, "_download", lambda root, name: downloads.append(root))  # no internet here
+    with pytest.raises(UserError, match="no cifar100 training files"):
+        make_streams(r)
+    assert downloads == [home / "datasets" / "cifar100"]
+    for dataset in ("recordio", "imagefolder"):
+        r = recipe_from_dict({"data": {"dataset": dataset, "augment": "bot", "image_size": 32}})
+        missing = doctor.data_missing(r.data)[0]
+        assert missing and all(m.startswith(f"{home}/datasets/imagenet/") for m in missing), missing
+        with pytest.raises(UserError, match=f"{home}/datasets/imagenet/"):
+            make_streams(r)
+    spec = recipe_from_dict({"distill": {"teacher": "resnet152_v1d:cfe0220d"}}).distill
+    expected = home / "models" / "resnet152_v1d-cfe0220d.params"
+    assert doctor.teacher_missing(spec)[0] == [str(expected)] and zoo_weights_file("resnet152_v1d", "cfe0220d") == expected
+    assert not (tmp_path / "~").exists()
+
+
 def test_disk_lines(tmp_path):
     assert doctor.disk_lines({"x": tmp_path / "not" / "yet"})[0].text.startswith("disk at x")
     assert doctor.disk_lines({"x": tmp_path}, warn_gb=1e9, fail_gb=0)[0].status == "WARN"

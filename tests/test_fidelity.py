@@ -239,7 +239,7 @@ def test_table2_adaptive_optimizers_as_their_code_ran():
         lrs = lr_per_epoch(r)
         assert len(lrs) == (101 if label == "Nadam" else 120) and len(set(lrs)) == 1, label  # Nadam: N1 below
         assert r.data.batch_size == batch, label
-        name, params = make_optimizer(r, 4)
+        name, params = make_optimizer(r, None, 4)  # no net: no_bias_decay is off
         opt = mx.optimizer.create(name, **params)
         assert opt.wd == 0.0 and opt.epsilon == pytest.approx(eps, rel=1e-12), label
         if lr is not None:

@@ -67,9 +67,9 @@ def test_im2rec_files_train_without_a_classes_file(im2rec_root, tmp_path):
 
 
 def test_classes_come_from_the_labels_the_records_carry(im2rec_root, tmp_path):
-    assert make_streams(recipe(im2rec_root))[2] == 3  # .lst present: checked against the records
+    assert make_streams(recipe(im2rec_root)).classes == 3  # .lst present: checked against the records
     no_lst = copy_of(im2rec_root, tmp_path, without=("train.lst",))
-    assert make_streams(recipe(no_lst))[2] == 3  # read from every record's header
+    assert make_streams(recipe(no_lst)).classes == 3  # read from every record's header
 
 
 def test_a_lst_that_does_not_describe_the_records_is_one_line(im2rec_root, tmp_path):
@@ -89,7 +89,7 @@ def test_bag_of_tricks_recipes_know_imagenet_has_1000_classes(im2rec_root):
                     assert r.model.classes == 1000, (name, row.label)
     bot = load_recipe(recipes_root() / "bot/baseline.toml",
                       [f'data.root="{im2rec_root}"', "data.image_size=32", "data.batch_size=6"])
-    assert make_streams(bot)[2] == 1000
+    assert make_streams(bot).classes == 1000
     with pytest.raises(UserError, match="model.classes = 2 but the labels of .* span 3 classes"):
         make_streams(recipe(im2rec_root, classes=2))
 

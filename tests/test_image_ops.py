@@ -113,7 +113,7 @@ def test_make_streams_passes_the_device_to_both_record_iterators(tmp_path, monke
     monkeypatch.setattr(mx.io, "ImageRecordIter", lambda **k: (made.append(k), Done())[1])
     r = recipe_from_dict({"data": {"dataset": "recordio", "root": str(tmp_path / "rec"), "augment": "bot",
                                    "image_size": 32, "batch_size": 4}})
-    _, test, _, _ = make_streams(r, 0, 1, [mx.gpu(5)])
+    test = make_streams(r, 0, 1, [mx.gpu(5)]).test
     list(test.batches())
     assert [k["device_id"] for k in made] == [5, 5]
     assert all(k["preprocess_threads"] == decode_threads(cores()) for k in made)

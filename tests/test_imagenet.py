@@ -101,6 +101,19 @@ def test_training_crops_are_the_papers_random_resized_crops(dataset, monkeypatch
     # The image folders' crops, flips and colours: tests/test_image_ops.py, against the definitions.
 
 
+def test_train_images_counts_the_training_images_of_every_reader(dataset):
+    """result.json's train_images: the images of the training set (after data.train_limit), not
+    the steps times the batch an epoch trains on (20 of the 24 records with batches of 10)."""
+    from gluon_tricks.data import make_streams
+
+    base, out, _, _ = dataset
+    assert make_streams(recipe(out, batch_size=10)).train_images == 24
+    assert make_streams(recipe(out, batch_size=10, train_limit=15)).train_images == 15
+    assert make_streams(recipe(base, dataset="imagefolder", batch_size=10)).train_images == 25  # with broken.jpg
+    cifar = recipe_from_dict({"data": {"dataset": "cifar10-mini", "batch_size": 32, "train_limit": 100}})
+    assert make_streams(cifar).train_images == 100
+
+
 def test_record_train_stream_shapes_targets_and_shards(dataset):
     _, out, _, _ = dataset
     r = recipe(out)

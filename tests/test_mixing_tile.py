@@ -12,7 +12,7 @@ def test_tile_sources_are_four_distinct_images(n, partner):
     mixer = mixing.Mixer(MixupSpec(kind="tile", partner=partner), epochs=10)
     for seed in range(5):
         plan = mixer.plan(n, 8, 8, 0, np.random.default_rng(seed))
-        index = plan.index[:4]
+        index = plan.orders[:4]
         assert index.shape == (4, n)
         assert (index[0] == np.arange(n)).all()
         for i in range(n):  # the image itself and three others, all different
@@ -26,5 +26,5 @@ def test_reversed_partners_of_a_multiple_of_four_are_unchanged():
     n = 8
     plan = mixing.Mixer(MixupSpec(kind="tile"), epochs=10).plan(n, 8, 8, 0, np.random.default_rng(0))
     half = np.roll(np.arange(n), n // 2)
-    assert (plan.index[1] == np.arange(n)[::-1]).all()
-    assert (plan.index[2] == half).all() and (plan.index[3] == half[::-1]).all()
+    assert (plan.orders[1] == np.arange(n)[::-1]).all()
+    assert (plan.orders[2] == half).all() and (plan.orders[3] == half[::-1]).all()

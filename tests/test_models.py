@@ -50,6 +50,8 @@ def test_no_bias_decay_exempts_exactly_biases_and_bn():
     r = recipe_from_dict({"model": {"name": "cifar_resnet20_v1"}, "optim": {"no_bias_decay": True}})
     net = build_model(r, 10, [mx.cpu()])
     net(mx.nd.zeros((1, 3, 32, 32)))
+    assert all(p.wd_mult == 1 for p in net.collect_params().values())  # an optimizer setting, not the model's
+    make_optimizer(r, net, iters_per_epoch=5)
     exempt = {n for n, p in net.collect_params().items() if p.wd_mult == 0}
     expected = {n for n in net.collect_params() if n.endswith(("_gamma", "_beta", "_bias"))}
     assert exempt == expected and exempt
@@ -124,10 +126,10 @@ def test_resnet_tweaks_structure_params_and_flops():
 @pytest.mark.parametrize("name", ["nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"])
 def test_every_optimizer_steps(name):
     r = recipe_from_dict({"optim": {"name": name, "lr": 0.01}, "epochs": 2})
-    opt_name, params = make_optimizer(r, iters_per_epoch=5)
-    assert ("momentum" in params) == (name in ("nag", "sgd"))
     net = nn.Dense(3, in_units=4)
     net.initialize()
+    opt_name, params = make_optimizer(r, net, iters_per_epoch=5)
+    assert ("momentum" in params) == (name in ("nag", "sgd"))
     trainer = gluon.Trainer(net.collect_params(), opt_name, params)
     before = net.weight.data().copy()
     with mx.autograd.record():

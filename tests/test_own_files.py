@@ -301,7 +301,7 @@ def test_the_states_every_optimizer_saves_pass_the_allow_list(tmp_path, optimize
     net = gluon.nn.Dense(3, in_units=4)
     net.initialize()
     net.cast(dtype)
-    trainer = gluon.Trainer(net.collect_params(), *make_optimizer(recipe, 10))
+    trainer = gluon.Trainer(net.collect_params(), *make_optimizer(recipe, net, 10))
     with autograd.record():  # float16 layers do not run on the CPU; elementwise ops do
         loss = mx.nd.add_n(*[p.data().astype("float32").sum() for p in net.collect_params().values()])
     loss.backward()

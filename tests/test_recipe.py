@@ -87,6 +87,19 @@ def test_resolved_toml_round_trips(tmp_path):
     assert again == r
 
 
+def test_a_loaded_recipe_cannot_be_changed_in_place():
+    """A recipe is its identity: changing a field of a loaded one would change what its hash
+    names; a changed recipe is a new object (dataclasses.replace, scale_epochs)."""
+    import dataclasses
+
+    r = recipe_from_dict({"epochs": 3})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.epochs = 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.optim.lr = 1.0
+    assert dataclasses.replace(r, epochs=4).epochs == 4 and r.epochs == 3
+
+
 def test_scale_epochs_keeps_schedule_shape():
     r = recipe_from_dict({"epochs": 200, "schedule": {"warmup_epochs": 5, "decay_epochs": [30, 60, 90]},
                           "mixup": {"kind": "interpolation", "off_last_epochs": 20}})

@@ -57,14 +57,16 @@ def test_overwrite_deletes_only_what_a_run_writes(tmp_path):
     assert json.loads((d / "run.json").read_text())["hash"] == "fedcba9876543210"
 
 
-def test_a_run_written_before_the_marker_is_still_a_run(tmp_path):
+def test_a_run_json_without_the_marker_is_not_a_run(tmp_path):
+    # another tool's run.json, or one of a run written before the marker (2026-11-25): refused, nothing deleted
     d = tmp_path / "old"
     d.mkdir()
     (d / "run.json").write_text(json.dumps({"hash": HASH, "name": "tiny"}))
     (d / "recipe.toml").write_text("epochs = 1\n")
     (d / "result.json").write_text("{}")
-    prepare(d, overwrite=True)
-    assert not (d / "result.json").exists()
+    with pytest.raises(UserError, match="not a gluon-tricks run"):
+        prepare(d, overwrite=True)
+    assert (d / "result.json").exists()
 
 
 def test_leftover_temp_files_of_a_killed_creation_do_not_block(tmp_path):

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from gluon_tricks.recipe import recipe_from_dict
-from gluon_tricks.tricks.schedules import PaperLR, lr_at, lr_curve, scaled_lr, schedule_args
+from gluon_tricks.tricks.schedules import Schedule, lr_at, lr_curve, scaled_lr
 
 IPE = 10  # iterations per epoch
 
@@ -44,7 +44,7 @@ def test_linear_scaling_rule():
 
 
 def test_mxnet_scheduler_counts_updates_from_one():
-    s = PaperLR(IPE, kind="cosine", base_lr=0.1, epochs=10, warmup_epochs=1)
+    s = Schedule(kind="cosine", base_lr=0.1, iters_per_epoch=IPE, epochs=10, warmup_epochs=1)
     assert s(1) == lr_at(0, "cosine", 0.1, IPE, 10, warmup_epochs=1) == 0.0
     assert s(11) == pytest.approx(0.1)
 
@@ -53,7 +53,7 @@ def test_optimizer_applies_the_schedule_inside_mxnet():
     """One SGD step per update on a weight with gradient 1 moves it by exactly lr_at(t)."""
     import mxnet as mx
 
-    sched = PaperLR(2, kind="step", base_lr=0.5, epochs=4, decay_epochs=(1, 2), decay_factor=0.1)
+    sched = Schedule(kind="step", base_lr=0.5, iters_per_epoch=2, epochs=4, decay_epochs=(1, 2), decay_factor=0.1)
     opt = mx.optimizer.SGD(learning_rate=0.5, lr_scheduler=sched, wd=0.0)
     updater = mx.optimizer.get_updater(opt)
     w, g = mx.nd.zeros((1,)), mx.nd.ones((1,))
@@ -85,7 +85,82 @@ def test_lr_curve_from_recipe():
     r = recipe_from_dict({"epochs": 4, "schedule": {"kind": "cosine", "warmup_epochs": 1}})
     curve = lr_curve(r, 5)
     assert len(curve) == 20 and curve[0] == 0.0 and max(curve) == pytest.approx(0.1)
-    assert schedule_args(r)["kind"] == "cosine"
+    assert curve == [Schedule.from_recipe(r, 5).lr(t) for t in range(20)]
+
+
+def test_schedule_from_a_recipe_is_its_settings_hand_computed():
+    r = recipe_from_dict({"epochs": 6, "data": {"batch_size": 512},
+                          "optim": {"lr": 0.1, "linear_scaling": True},
+                          "schedule": {"kind": "step", "decay_epochs": [2, 4], "decay_factor": 0.5,
+                                       "warmup_epochs": 1, "warmup_start_lr": 0.02}})
+    s = Schedule.from_recipe(r, IPE)
+    assert s.base_lr == pytest.approx(0.2)  # 0.1 * 512 / 256
+    # warm-up from 0.02 to 0.2 over 10 iterations, then halved at epochs 2 and 4
+    assert [s.lr(t) for t in (0, 5, 10, 19, 20, 39, 40, 59)] == pytest.approx(
+        [0.02, 0.11, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+
+
+def test_schedule_is_frozen_and_survives_pickling():
+    """The optimizer is pickled with its scheduler: into every checkpoint's trainer states, and
+    (protocol 0) to the parameter servers of a distributed kvstore."""
+    import dataclasses
+    import pickle
+
+    s = Schedule(kind="cosine", base_lr=0.1, iters_per_epoch=IPE, epochs=10, warmup_epochs=1, decay_epochs=(3,))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.base_lr = 0.2
+    for protocol in (0, pickle.DEFAULT_PROTOCOL):
+        back = pickle.loads(pickle.dumps(s, protocol))
+        assert back == s and [back(t) for t in range(1, 101)] == [s(t) for t in range(1, 101)]
+
+
+def test_trainer_states_written_before_schedule_resume_exactly():
+    """tests/data/trainer_states_paperlr.pickle is what a checkpoint of the code before Schedule
+    holds (written at commit 5e9420e: its make_optimizer for the recipe below, a bias-free
+    Dense(1, in_units=2) from zero weights, three trainer.step(1) on input ones, save_states).
+    Its scheduler was pickled as `schedules.PaperLR`: loading it now must give the same
+    Schedule, update count and momentum, so a resumed fourth step equals an uninterrupted one."""
+    from pathlib import Path
+
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
+    from seams import make_optimizer
+
+    r = recipe_from_dict({"epochs": 4, "optim": {"name": "nag", "lr": 0.5, "wd": 0.0},
+                          "schedule": {"kind": "step", "decay_epochs": [1, 2], "warmup_epochs": 1}})
+
+    def trainer_and_net():
+        net = gluon.nn.Dense(1, in_units=2, use_bias=False)
+        net.initialize(mx.init.Zero())
+        name, params = make_optimizer(r, net, 2)
+        return gluon.Trainer(net.collect_params(), name, params, kvstore=None), net
+
+    def step(trainer, net):
+        with autograd.record():
+            loss = net(mx.nd.ones((1, 2))).sum()
+        loss.backward()
+        trainer.step(1)
+
+    trainer, net = trainer_and_net()
+    for _ in range(3):
+        step(trainer, net)
+    after_three = net.weight.data().copy()
+    step(trainer, net)
+    uninterrupted = net.weight.data().asnumpy()
+
+    from gluon_tricks.results import check_trainer_states
+
+    old_states = Path(__file__).parent / "data" / "trainer_states_paperlr.pickle"
+    check_trainer_states(old_states)  # the resume's allow-list admits it
+    resumed, net = trainer_and_net()
+    net.weight.set_data(after_three)
+    resumed.load_states(str(old_states))
+    assert resumed.optimizer.lr_scheduler == Schedule.from_recipe(r, 2)
+    assert resumed.optimizer.num_update == 3
+    step(resumed, net)
+    assert resumed.learning_rate == lr_at(3, "step", 0.5, 2, 4, warmup_epochs=1, decay_epochs=(1, 2)) == 0.05
+    assert (net.weight.data().asnumpy() == uninterrupted).all()
 
 
 def test_step_decay_counted_from_the_warmup_end():

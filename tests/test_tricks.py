@@ -35,9 +35,9 @@ def batch(n=6, h=8, w=8, k=5, seed=0):
 
 
 def run_block(x, y, plan):
-    block = mixing.mix_block(plan.sources)
+    block = mixing.MixBlock(plan.sources)
     block.hybridize(static_alloc=True, static_shape=True)
-    xm, ym = block(mx.nd.array(x), mx.nd.array(y), mx.nd.array(plan.index), mx.nd.array(plan.masks),
+    xm, ym = block(mx.nd.array(x), mx.nd.array(y), mx.nd.array(plan.orders), mx.nd.array(plan.masks),
                    mx.nd.array(plan.weights))
     return xm.asnumpy(), ym.asnumpy()
 
@@ -104,6 +104,27 @@ def test_mixer_block_matches_numpy_reference_for_every_kind():
             np.testing.assert_allclose(ym, yr, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(plan.weights.sum(), 1, rtol=1e-6)
             np.testing.assert_allclose(plan.masks.sum(0), 1, rtol=1e-6)
+
+
+def test_mixer_mixes_each_device_slice_by_one_plan():
+    """Mixer.mix: every device's slice mixed by the one plan drawn from the step's rng (the
+    numpy reference), and the batch unchanged in an epoch without mixing."""
+    x, y = batch(n=8)
+    spec = MixupSpec(kind="random", choices=["tile", "stitch_width", "interpolation"], off_last_epochs=1)
+    mixer = mixing.Mixer(spec, epochs=4)
+    devices = [mx.cpu(0), mx.cpu(1)]
+    for seed in range(3):
+        images = [mx.nd.array(x[:4], ctx=devices[0]), mx.nd.array(x[4:], ctx=devices[1])]
+        targets = [mx.nd.array(y[:4], ctx=devices[0]), mx.nd.array(y[4:], ctx=devices[1])]
+        xs, ys = mixer.mix(images, targets, 1, np.random.default_rng(seed))
+        plan = mixer.plan(4, 8, 8, 1, np.random.default_rng(seed))
+        for k, part in enumerate((slice(0, 4), slice(4, 8))):
+            xr, yr = mixing.mix_numpy(x[part], y[part], plan)
+            assert xs[k].context == devices[k]
+            np.testing.assert_allclose(xs[k].asnumpy(), xr, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ys[k].asnumpy(), yr, rtol=1e-5, atol=1e-6)
+    xs, ys = mixer.mix(images, targets, 3, np.random.default_rng(0))  # the last epoch is off
+    assert xs is images and ys is targets
 
 
 def test_partner_choices():
@@ -219,7 +240,7 @@ def test_multi_precision_update_keeps_fp32_master_weights():
 
     r = recipe_from_dict({"model": {"dtype": "float16"}, "schedule": {"kind": "constant"},
                           "optim": {"name": "nag", "lr": 0.1, "momentum": 0.0, "wd": 0.0}})
-    name, params = make_optimizer(r, iters_per_epoch=10)
+    name, params = make_optimizer(r, None, iters_per_epoch=10)  # no net: no_bias_decay is off
     w = mx.gluon.Parameter("w", shape=(4,), dtype="float16", init=mx.init.One())
     w.initialize(ctx=mx.cpu())
     trainer = mx.gluon.Trainer([w], name, params, kvstore=None)

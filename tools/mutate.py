@@ -173,7 +173,8 @@ MUTANTS = [
            ("if info is None:", "if False:"),
            (f"{C}::test_a_different_recipes_run_directory_is_refused",)),
     Mutant("M26", "the optimizer applies the recipe's schedule at its speed",
-           '"lr_scheduler": PaperLR(iters_per_epoch,', '"lr_scheduler": PaperLR(2 * iters_per_epoch,',
+           ('"lr_scheduler": PaperLR(iters_per_epoch,', "schedule = Schedule.from_recipe(recipe, iters_per_epoch)"),
+           ('"lr_scheduler": PaperLR(2 * iters_per_epoch,', "schedule = Schedule.from_recipe(recipe, 2 * iters_per_epoch)"),
            (f"{A}::test_each_update_applies_the_schedules_learning_rate",)),
     # Beyond the audit: promises the new tests pin.
     Mutant("X1", "augment = gluoncv has no colour jitter",

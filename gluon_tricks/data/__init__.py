@@ -4,16 +4,16 @@
 A train stream has `steps_per_epoch()` and `epoch(epoch, start_step)` yielding
 (step, images, int_labels) with images NCHW float32 (numpy or NDArray); label
 smoothing and mixing belong to the training step, not the stream. A test stream
-has `batches()` yielding (images, int_labels) and `__len__`.
+has `batches()` yielding (images, int_labels) and `__len__` (data/streams.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from gluon_tricks.data.cifar import ImageSet, load_cifar
+from gluon_tricks.data.streams import TestStream, TrainStream
 from gluon_tricks.errors import UserError
 from gluon_tricks.paths import mxnet_home
 
@@ -30,19 +30,13 @@ def load_datasets(spec) -> tuple[ImageSet, ImageSet]:
 
 
 @dataclass
-class CifarTest:
-    images: np.ndarray
-    labels: np.ndarray
-    batch_size: int
-    augment: object
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batches(self):
-        from gluon_tricks.data.loader import test_batches
-
-        return test_batches(self.images, self.labels, self.batch_size, self.augment)
+class Streams:
+    """What a run reads: its two streams, the number of classes the model predicts, and the
+    number of images in the training set (after data.train_limit; every worker's)."""
+    train: TrainStream
+    test: TestStream
+    classes: int
+    train_images: int
 
 
 # Which augmentations each reader implements: the CIFAR ones are batch-wise numpy on 32-px
@@ -57,14 +51,14 @@ def check_augment(spec) -> None:
                         f"{spec.dataset!r}; use one of: {', '.join(AUGMENTS[kind])}")
 
 
-def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
-    """(train stream, test stream, number of classes, number of training images); `contexts`:
-    the devices the run trains on (RecordIO batches are staged in host memory pinned for the first)."""
+def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None) -> Streams:
+    """The streams of worker `rank` of `workers`; `contexts`: the devices the run trains on
+    (RecordIO batches are staged in host memory pinned for the first)."""
     spec = recipe.data
     check_augment(spec)
     if spec.dataset in CIFAR_SETS:
         from gluon_tricks.data.augment import cifar_augment
-        from gluon_tricks.data.loader import TrainStream
+        from gluon_tricks.data.loader import CifarTestStream, CifarTrainStream
 
         train, test = load_datasets(spec)
         classes = recipe.model.classes or train.classes
@@ -72,10 +66,10 @@ def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
         if top >= classes:
             raise UserError(f"model.classes = {classes} but {spec.dataset} has labels up to {top}; "
                             f"set model.classes to at least {top + 1}, or 0 for the dataset's {train.classes}")
-        stream = TrainStream(train.images, train.labels, spec.batch_size, cifar_augment(spec, train=True),
-                             recipe.seed, part=rank, parts=workers)
-        return stream, CifarTest(test.images, test.labels, spec.batch_size, cifar_augment(spec, train=False)), \
-            classes, len(train)
+        stream = CifarTrainStream(train.images, train.labels, spec.batch_size, cifar_augment(spec, train=True),
+                                  recipe.seed, part=rank, parts=workers)
+        return Streams(stream, CifarTestStream(test.images, test.labels, spec.batch_size,
+                                               cifar_augment(spec, train=False)), classes, len(train))
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
         from gluon_tricks.data.recordio import (RecordTestStream, RecordTrainStream, iterator_device, record_classes,
@@ -93,7 +87,7 @@ def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
             raise UserError(f"number of classes unknown: {root}/train.rec holds no records; set model.classes")
         device = iterator_device(contexts)
         train = record_train_stream(recipe, root, rank, workers, device)
-        return train, RecordTestStream(recipe, root, device), classes, train.steps * spec.batch_size
+        return Streams(train, RecordTestStream(recipe, root, device), classes, train.image_count)
     from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
 
     train = FolderTrainStream(recipe, root, rank, workers)
@@ -101,4 +95,4 @@ def make_streams(recipe, rank: int = 0, workers: int = 1, contexts=None):
     if classes < train.classes:
         raise UserError(f"model.classes = {classes} but {root}/train has {train.classes} class folders; "
                         "set model.classes to 0 (the folder count) or more")
-    return train, FolderTestStream(recipe, root), classes, train.steps * spec.batch_size
+    return Streams(train, FolderTestStream(recipe, root), classes, train.image_count)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.errors import UserError, shown
+from gluon_tricks.paths import mxnet_home
 
 # The real subsets shipped inside the package (each folder's README says how they were cut).
 MINI_ROOTS = {
@@ -73,8 +73,7 @@ class ImageSet:
 def default_root(dataset: str) -> Path:
     if dataset in MINI_ROOTS:
         return MINI_ROOTS[dataset]
-    home = os.environ.get("MXNET_HOME", os.path.join(os.path.expanduser("~"), ".mxnet"))
-    return Path(home) / "datasets" / dataset
+    return mxnet_home() / "datasets" / dataset
 
 
 def read_binary(path: Path, dataset: str, fine_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +225,8 @@ _VERIFIED: set = set()
 
 def verify_checksums(root: Path) -> None:
     """Check every file a SHA256SUMS in `root` lists (once per file version and process)."""
+    from gluon_tricks.results import sha256_file
+
     sums = root / "SHA256SUMS"
     if not sums.is_file():
         return
@@ -242,11 +243,7 @@ def verify_checksums(root: Path) -> None:
         key = (str(path), st.st_size, st.st_mtime_ns, digest)
         if key in _VERIFIED:
             continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != digest:
+        if sha256_file(path) != digest:
             raise UserError(f"{path}: SHA-256 does not match {sums}; the copy is damaged: reinstall "
                             "gluon-tricks (or `git checkout` the folder)")
         _VERIFIED.add(key)

@@ -2,7 +2,7 @@
 `val/` with one sub-folder per class (small datasets, Food-101 subsets), decoded by OpenCV
 and augmented by images.py on one Python thread per core.
 
-The training order of an epoch is `loader.epoch_order(n, seed, epoch)` (EpochSampler),
+The training order of an epoch is `streams.epoch_order(n, seed, epoch)` (EpochSampler),
 a pure function of (seed, epoch) as for CIFAR, and each image's augmentation draws are
 a function of (seed, epoch, image), so runs repeat and a resumed epoch sees exactly the
 batches an uninterrupted one sees.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.data.images import decode, eval_image, train_image
-from gluon_tricks.data.loader import epoch_order
+from gluon_tricks.data.streams import epoch_order
 from gluon_tricks.errors import UserError, shown
 from gluon_tricks.paths import cores
 
@@ -121,6 +121,7 @@ class ThreadedTrainStream:
         self.spec, self.seed, self.images = spec, recipe.seed, images
         self.batch_size = spec.batch_size // workers
         n = len(images) if not spec.train_limit else min(len(images), spec.train_limit)
+        self.image_count = n
         self.steps = n // spec.batch_size
         if self.steps < 1:
             raise UserError(f"{where} holds fewer images than one batch of {spec.batch_size}")

@@ -1,29 +1,22 @@
-"""Batches of augmented images and integer labels, produced ahead on a background thread.
+"""The CIFAR streams: training batches of augmented images and integer labels, produced
+ahead on a background thread, and the test set in order.
 
-All randomness is a pure function of (seed, epoch, step): the shuffle order of an
-epoch comes from Generator([seed, epoch]) and the augmentation draws of a step
-from Generator([seed, epoch, step, 1]). A run resumed at any step therefore sees
-exactly the batches an uninterrupted run would, with no RNG state to save.
+The shuffle order of an epoch and the augmentation draws of a step come from
+streams.epoch_order and streams.step_rng: a run resumed at any step sees exactly the
+batches an uninterrupted run would.
 """
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 
-RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
+from gluon_tricks.data.streams import RNG_AUGMENT, epoch_order, step_rng
 
 
-def step_rng(seed: int, epoch: int, step: int, rng_id: int) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, step, rng_id])
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-class TrainStream:
+class CifarTrainStream:
     """Batches of one worker in a job of `parts` workers.
 
     Every global step takes the same global batch (batch_size images of the epoch's
@@ -101,7 +94,17 @@ class TrainStream:
             stop.set()
 
 
-def test_batches(images, labels, batch_size, augment):
-    """The whole test set in order, the last batch possibly smaller."""
-    for i in range(0, len(images), batch_size):
-        yield augment(images[i:i + batch_size]), labels[i:i + batch_size]
+@dataclass
+class CifarTestStream:
+    images: np.ndarray
+    labels: np.ndarray
+    batch_size: int
+    augment: object
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self):
+        """The whole test set in order, the last batch possibly smaller."""
+        for i in range(0, len(self.images), self.batch_size):
+            yield self.augment(self.images[i:i + self.batch_size]), self.labels[i:i + self.batch_size]

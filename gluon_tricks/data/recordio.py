@@ -619,7 +619,9 @@ class RecordTrainStream:
         self.rec = rec
         self.check_files(root)
         self.batch_size = spec.batch_size // workers
-        self.steps = count_records(idx) // workers // self.batch_size
+        records = count_records(idx)
+        self.image_count = min(records, spec.train_limit) if spec.train_limit else records
+        self.steps = records // workers // self.batch_size
         if spec.train_limit:
             self.steps = min(self.steps, max(1, spec.train_limit // spec.batch_size))
         if self.steps < 1:

@@ -1,14 +1,31 @@
-"""What every batch stream shares: the protocols the engine relies on, and the
-validation resize of the ImageNet-style readers.
+"""What every batch stream shares: the protocols the engine relies on, the random
+streams, and the validation resize of the ImageNet-style readers.
 
 A train stream yields (step, images NCHW float32, int_labels) for the steps of an epoch
 from a given step on; label smoothing and mixing belong to the training step. A test
 stream yields (images, int_labels) over the whole test set, in order.
+
+All randomness of training is a pure function of (seed, epoch, step): the shuffle order
+of an epoch comes from Generator([seed, epoch]), and a step's augmentation and mixing
+draws from Generator([seed, epoch, step, RNG_AUGMENT or RNG_MIX]). A run resumed at any
+step therefore sees exactly the batches an uninterrupted run would, with no RNG state to save.
 """
 from __future__ import annotations
 
 import math
 from typing import Iterator, Protocol
+
+import numpy as np
+
+RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
+
+
+def step_rng(seed: int, epoch: int, step: int, rng_id: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, step, rng_id])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class TrainStream(Protocol):

@@ -4,7 +4,7 @@ Every mix is described by a plan: S source orderings of the batch (the batch
 itself and its partners), S per-pixel masks that sum to 1 at every pixel, and
 S label weights that sum to 1. Then
 
-    x_mixed = sum_s mask_s * x[index_s],   y_mixed = sum_s weight_s * y[index_s].
+    x_mixed = sum_s mask_s * x[orders_s],   y_mixed = sum_s weight_s * y[orders_s].
 
 - interpolation (Zhang et al.; Bag of Tricks 5.4): masks lam and 1 - lam everywhere;
 - stitch (the follow-up paper, after Liang et al. 2018): the first int(L*lam) rows
@@ -22,20 +22,23 @@ split (`height` or `width`) to avoid both. Partners are the reversed batch (the
 follow-up's and GluonCV's code) or a random permutation (Liang et al.).
 
 Plans are drawn on the host (pure numpy, tested against the formulas); the
-arithmetic runs on the device in the hybridized `MixBlock`.
+arithmetic runs on the device in the hybridized `MixBlock`. `Mixer.mix` does both:
+the training step hands it a batch and gets the mixed batch back.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mxnet as mx
 import numpy as np
+from mxnet.gluon import HybridBlock
 
 
 @dataclass
 class MixPlan:
     kind: str
     lam: float
-    index: np.ndarray  # (S, N) int: source s's ordering of the batch
+    orders: np.ndarray  # (S, N) int: source s's ordering of the batch
     masks: np.ndarray  # (S, H, W) float32, summing to 1 over s at every pixel
     weights: np.ndarray  # (S,) float32, summing to 1
 
@@ -48,9 +51,9 @@ class MixPlan:
         extra = sources - self.sources
         if extra <= 0:
             return self
-        n, (h, w) = self.index.shape[1], self.masks.shape[1:]
+        n, (h, w) = self.orders.shape[1], self.masks.shape[1:]
         return MixPlan(self.kind, self.lam,
-                       np.concatenate([self.index, np.tile(np.arange(n), (extra, 1))]),
+                       np.concatenate([self.orders, np.tile(np.arange(n), (extra, 1))]),
                        np.concatenate([self.masks, np.zeros((extra, h, w), np.float32)]),
                        np.concatenate([self.weights, np.zeros(extra, np.float32)]))
 
@@ -122,18 +125,22 @@ def tile_plan(n: int, h: int, w: int, lam_h: float, lam_w: float, others: list[n
 
 def mix_numpy(x: np.ndarray, y: np.ndarray, plan: MixPlan) -> tuple[np.ndarray, np.ndarray]:
     """Reference implementation of a plan (NCHW images, (N, K) soft labels)."""
-    xm = sum(plan.masks[s][None, None] * x[plan.index[s]] for s in range(plan.sources))
-    ym = sum(plan.weights[s] * y[plan.index[s]] for s in range(plan.sources))
+    xm = sum(plan.masks[s][None, None] * x[plan.orders[s]] for s in range(plan.sources))
+    ym = sum(plan.weights[s] * y[plan.orders[s]] for s in range(plan.sources))
     return xm.astype(x.dtype), ym.astype(y.dtype)
 
 
 class Mixer:
-    """Draws one plan per batch for a recipe's [mixup] section, or None for no mixing."""
+    """A recipe's [mixup] section: draws one plan per batch and applies it on the devices."""
 
     def __init__(self, spec, epochs: int):
         self.spec, self.epochs = spec, epochs
         kinds = spec.choices if spec.kind == "random" else [spec.kind]
         self.sources = 4 if "tile" in kinds else 2
+        self.block = None  # the MixBlock, built once: a recipe that never mixes builds none
+        if self.enabled:
+            self.block = MixBlock(self.sources)
+            self.block.hybridize(static_alloc=True, static_shape=True)
 
     @property
     def enabled(self) -> bool:
@@ -163,22 +170,34 @@ class Mixer:
                 plan = stitch_plan(n, h, w, lam, partner, kind.split("_", 1)[1], s.label_weight)
         return plan.padded(self.sources)
 
+    def mix(self, images: list, targets: list, epoch: int, rng: np.random.Generator) -> tuple[list, list]:
+        """Each device's slice of a batch (NCHW images, (N, K) soft targets) mixed by one plan
+        drawn from `rng`; unchanged in an epoch without mixing."""
+        n, _, h, w = images[0].shape
+        plan = self.plan(n, h, w, epoch, rng)
+        if plan is None:
+            return images, targets
+        mixed = [self.block(x, y, mx.nd.array(plan.orders, ctx=x.context), mx.nd.array(plan.masks, ctx=x.context),
+                            mx.nd.array(plan.weights, ctx=x.context)) for x, y in zip(images, targets)]
+        return [m[0] for m in mixed], [m[1] for m in mixed]
 
-def mix_block(sources: int):
-    """A hybridizable block applying a plan on the device: (x, y, index, masks, weights)."""
-    from mxnet.gluon import HybridBlock
 
-    class MixBlock(HybridBlock):
-        def hybrid_forward(self, F, x, y, index, masks, weights):
-            xs = F.split(index, num_outputs=sources, axis=0, squeeze_axis=True)
-            ms = F.split(masks, num_outputs=sources, axis=0, squeeze_axis=False)  # (1, H, W) each
-            ws = F.split(weights, num_outputs=sources, axis=0, squeeze_axis=False)  # (1,) each
-            x_out, y_out = None, None
-            for s in range(sources):
-                xi = F.broadcast_mul(F.take(x, xs[s]), F.expand_dims(ms[s], axis=0))
-                yi = F.broadcast_mul(F.take(y, xs[s]), ws[s])
-                x_out = xi if x_out is None else x_out + xi
-                y_out = yi if y_out is None else y_out + yi
-            return x_out, y_out
+class MixBlock(HybridBlock):
+    """A plan applied on the device: (x, y, orders, masks, weights) -> (mixed x, mixed y).
+    `sources` is fixed because a hybridized graph has a fixed number of splits."""
 
-    return MixBlock()
+    def __init__(self, sources: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sources = sources
+
+    def hybrid_forward(self, F, x, y, orders, masks, weights):
+        order = F.split(orders, num_outputs=self.sources, axis=0, squeeze_axis=True)  # (N,) each
+        ms = F.split(masks, num_outputs=self.sources, axis=0, squeeze_axis=False)  # (1, H, W) each
+        ws = F.split(weights, num_outputs=self.sources, axis=0, squeeze_axis=False)  # (1,) each
+        x_out, y_out = None, None
+        for s in range(self.sources):
+            xi = F.broadcast_mul(F.take(x, order[s]), F.expand_dims(ms[s], axis=0))
+            yi = F.broadcast_mul(F.take(y, order[s]), ws[s])
+            x_out = xi if x_out is None else x_out + xi
+            y_out = yi if y_out is None else y_out + yi
+        return x_out, y_out

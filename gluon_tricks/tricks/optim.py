@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from gluon_tricks.tricks.schedules import PaperLR, schedule_args
+from gluon_tricks.tricks.schedules import Schedule
 
 MOMENTUM_OPTIMIZERS = {"nag", "sgd"}
 
@@ -15,12 +15,17 @@ MOMENTUM_OPTIMIZERS = {"nag", "sgd"}
 NO_DECAY_PATTERN = re.compile(r".*(_gamma|_beta|_bias)$")
 
 
-def make_optimizer(recipe, iters_per_epoch: int) -> tuple[str, dict]:
+def make_optimizer(recipe, net, iters_per_epoch: int) -> tuple[str, dict]:
+    """The optimizer's name and parameters for gluon.Trainer, with the recipe's Schedule as its
+    lr_scheduler; applies no bias decay to `net`'s parameters when the recipe asks for it."""
     o = recipe.optim
+    if o.no_bias_decay:
+        no_bias_decay(net)
+    schedule = Schedule.from_recipe(recipe, iters_per_epoch)
     params = {
-        "learning_rate": schedule_args(recipe)["base_lr"],
+        "learning_rate": schedule.base_lr,
         "wd": o.wd,
-        "lr_scheduler": PaperLR(iters_per_epoch, **schedule_args(recipe)),
+        "lr_scheduler": schedule,
         "multi_precision": recipe.model.dtype == "float16",
     }
     if o.name in MOMENTUM_OPTIMIZERS:

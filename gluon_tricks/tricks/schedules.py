@@ -1,8 +1,9 @@
 """Learning-rate schedules, per iteration, with optional linear warm-up.
 
-`lr_at` is the definition (the papers' formulas); `PaperLR` wraps it as an
-MXNet `LRScheduler` so it rides inside the optimizer (and so inside the
-KVStore when updates run there, where `Trainer.set_learning_rate` is ignored).
+`lr_at` is the definition (the papers' formulas). `Schedule` is a recipe's schedule,
+built once per run: it answers `lr(t)` (the metrics row, plots) and is the MXNet
+scheduler that rides inside the optimizer (and so inside the KVStore when updates
+run there, where `Trainer.set_learning_rate` is ignored).
 
 Why not GluonCV's `LRScheduler`/`LRSequential`: they divide by `niters - 1`
 instead of the number of iterations, so their cosine and poly curves run one
@@ -12,6 +13,7 @@ iteration fast and their warm-up reaches the base rate one iteration late;
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 
 def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, *, warmup_epochs: int = 0,
@@ -57,13 +59,60 @@ def lr_at(t: int, kind: str, base_lr: float, iters_per_epoch: int, epochs: int, 
     raise ValueError(f"unknown schedule kind {kind!r}")
 
 
-def schedule_args(recipe) -> dict:
-    """Keyword arguments of `lr_at` from a recipe (base lr already linearly scaled)."""
-    s = recipe.schedule
-    return dict(kind=s.kind, base_lr=scaled_lr(recipe), epochs=recipe.epochs, warmup_epochs=s.warmup_epochs,
-                warmup_start_lr=s.warmup_start_lr, decay_epochs=tuple(s.decay_epochs),
-                decay_factor=s.decay_factor, power=s.power, final_lr=s.final_lr, decay_from=s.decay_from,
-                warmup_every=s.warmup_every, decay_every=s.decay_every)
+@dataclass(frozen=True)
+class Schedule:
+    """`lr_at` with one recipe's settings (the fields are `lr_at`'s arguments, the base lr
+    already linearly scaled). Calling it with MXNet's update count makes it the optimizer's
+    lr_scheduler: MXNet counts updates from 1, `lr` iterations from 0. Deliberately not a
+    subclass of mxnet's LRScheduler: a parameter server unpickles the optimizer while
+    `import mxnet` is still running, and checkpoints pickle it in the trainer's states."""
+    kind: str
+    base_lr: float
+    iters_per_epoch: int
+    epochs: int
+    warmup_epochs: int = 0
+    warmup_start_lr: float = 0.0
+    decay_epochs: tuple[int, ...] = (30, 60, 90)
+    decay_factor: float = 0.1
+    power: float = 2.0
+    final_lr: float = 0.0
+    decay_from: str = "start"
+    warmup_every: str = "iteration"
+    decay_every: str = "iteration"
+
+    @classmethod
+    def from_recipe(cls, recipe, iters_per_epoch: int) -> "Schedule":
+        s = recipe.schedule
+        return cls(kind=s.kind, base_lr=scaled_lr(recipe), iters_per_epoch=iters_per_epoch, epochs=recipe.epochs,
+                   warmup_epochs=s.warmup_epochs, warmup_start_lr=s.warmup_start_lr,
+                   decay_epochs=tuple(s.decay_epochs), decay_factor=s.decay_factor, power=s.power,
+                   final_lr=s.final_lr, decay_from=s.decay_from, warmup_every=s.warmup_every,
+                   decay_every=s.decay_every)
+
+    def lr(self, t: int) -> float:
+        """The learning rate of iteration t (0-based)."""
+        return lr_at(t, **vars(self))
+
+    def curve(self) -> list[float]:
+        """Every iteration's learning rate over the whole run."""
+        return [self.lr(t) for t in range(self.epochs * self.iters_per_epoch)]
+
+    def __call__(self, num_update: int) -> float:
+        return self.lr(max(0, num_update - 1))
+
+    def __setstate__(self, state: dict) -> None:
+        # the trainer.states of checkpoints written before Schedule existed hold a PaperLR
+        # (see below) whose state is {"base_lr", "iters_per_epoch", "kwargs": lr_at's arguments};
+        # a setting newer than the checkpoint takes its default (lr_at's, which the run used)
+        if "kwargs" in state:
+            state = dict(state["kwargs"], base_lr=state["base_lr"], iters_per_epoch=state["iters_per_epoch"])
+        for f in fields(self):
+            object.__setattr__(self, f.name, state.get(f.name, f.default))
+
+
+# The name this scheduler had before Schedule (its `kwargs` were Schedule's fields): users'
+# checkpoints pickled it in their trainer states, and resuming such a run must keep working.
+PaperLR = Schedule
 
 
 def scaled_lr(recipe) -> float:
@@ -74,21 +123,6 @@ def scaled_lr(recipe) -> float:
     return o.lr * recipe.data.batch_size / o.lr_reference_batch
 
 
-class PaperLR:
-    """`lr_at` as an MXNet scheduler (MXNet needs a callable with `base_lr`). MXNet counts
-    updates from 1, lr_at from 0. Deliberately not a subclass of mxnet's LRScheduler: a
-    parameter server unpickles the optimizer while `import mxnet` is still running."""
-
-    def __init__(self, iters_per_epoch: int, **kwargs):
-        self.base_lr = kwargs["base_lr"]
-        self.iters_per_epoch = iters_per_epoch
-        self.kwargs = kwargs
-
-    def __call__(self, num_update: int) -> float:
-        return lr_at(max(0, num_update - 1), iters_per_epoch=self.iters_per_epoch, **self.kwargs)
-
-
 def lr_curve(recipe, iters_per_epoch: int) -> list[float]:
     """Every iteration's learning rate over a whole run (for plots)."""
-    args = schedule_args(recipe)
-    return [lr_at(t, iters_per_epoch=iters_per_epoch, **args) for t in range(recipe.epochs * iters_per_epoch)]
+    return Schedule.from_recipe(recipe, iters_per_epoch).curve()
