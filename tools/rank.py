@@ -32,9 +32,10 @@ import sys
 from pathlib import Path
 
 # Before MXNet is imported here or in the row processes (they inherit the environment): one
-# OpenMP thread per process, two processes at once (rank-pilot.md: ~22-31 s per epoch each), and
+# OpenMP thread per process, two processes at once (rank-pilot.md: ~22-31 s per epoch each; an
+# exported OMP_NUM_THREADS=2, as the Makefile's, would put 4 threads on 2 cores), and
 # NaiveEngine, ~5% faster for small CPU models (Makefile, demo).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
