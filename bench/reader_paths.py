@@ -39,7 +39,7 @@ def write_folders(out: Path) -> None:
 
 
 def main() -> int:
-    from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.data.prepare import prepare
     from gluon_tricks.engine import train
     from gluon_tricks.recipe import recipe_from_dict
 

@@ -67,7 +67,8 @@ def reference_rate(root: Path, threads: bool, workers: int | None = None) -> flo
 
 
 def main():
-    from gluon_tricks.data.recordio import RecordTrainStream, prepare
+    from gluon_tricks.data.prepare import prepare
+    from gluon_tricks.data.recordio import RecordTrainStream
 
     root = tmpdir()
     make_images(root)

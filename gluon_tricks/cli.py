@@ -132,7 +132,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.data.prepare import prepare
     from gluon_tricks.errors import shown
 
     info = prepare(Path(args.src), Path(args.out_prefix), resize=args.resize, quality=args.quality,
@@ -171,7 +171,7 @@ def cmd_launch(args) -> int:
 
 
 def cmd_check_records(args) -> int:
-    from gluon_tricks.data.recordio import check_records
+    from gluon_tricks.data.prepare import check_records
 
     info = check_records(Path(args.prefix), Path(args.repair) if args.repair else None)
     print(f"{info['records']} records, {len(info['bad'])} corrupt" +

@@ -183,20 +183,22 @@ def params_finite(path: Path) -> bool:
     return all(np.isfinite(a.asnumpy()).all() for a in values)
 
 
+# The classes a trainer.states pickle may name, besides MXNet's optimizers.
+TRAINER_STATES_CLASSES = {
+    ("mxnet.ndarray.ndarray", "NDArray"),
+    ("gluon_tricks.tricks.schedules", "Schedule"),
+    ("gluon_tricks.tricks.schedules", "PaperLR"),  # Schedule's name in checkpoints written before it
+    ("builtins", "bytearray"),  # NDArray's pickled state
+}
+
+
 class _TrainerStatesUnpickler(pickle.Unpickler):
     """What gluon.Trainer.save_states pickles (Updater.get_states with the optimizer): dicts and
     tuples of NDArrays, the optimizer object, its lr scheduler. Any other class (a crafted file's
     os.system, probe 9.11) is refused before anything is built."""
 
-    ALLOWED = {
-        ("mxnet.ndarray.ndarray", "NDArray"),
-        ("gluon_tricks.tricks.schedules", "Schedule"),
-        ("gluon_tricks.tricks.schedules", "PaperLR"),  # Schedule's name in checkpoints written before it
-        ("builtins", "bytearray"),  # NDArray's pickled state
-    }
-
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
+        if (module, name) in TRAINER_STATES_CLASSES:
             return super().find_class(module, name)
         if module == "mxnet.optimizer.optimizer":
             import mxnet as mx

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gluon_tricks.data import make_streams
-from gluon_tricks.data.recordio import prepare
+from gluon_tricks.data.prepare import prepare
 from gluon_tricks.recipe import recipe_from_dict
 
 OUT = 32

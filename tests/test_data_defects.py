@@ -10,7 +10,7 @@ import pytest
 
 from gluon_tricks.cli import main
 from gluon_tricks.data import make_streams
-from gluon_tricks.data.recordio import check_records, prepare
+from gluon_tricks.data.prepare import check_records, prepare
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import recipe_from_dict
 

@@ -102,14 +102,14 @@ def test_a_decoder_that_kills_its_process_is_reported_with_the_file(tmp_path):  
     r = run_prepare_script(tmp_path, f"""
         import cv2
         from gluon_tricks.cli import main
-        from gluon_tricks.data import recordio
+        from gluon_tricks.data import prepare as converter
 
         def imread_decoder(args):
             path, resize, quality = args
             img = cv2.imread(path, cv2.IMREAD_COLOR)
             return None if img is None else cv2.imencode(".jpg", img)[1].tobytes()
 
-        recordio._encode = imread_decoder
+        converter._encode = imread_decoder
         raise SystemExit(main(["prepare", {str(src)!r}, {str(out)!r}, "--quiet", "--workers", "2"]))
     """)
     assert r.returncode == 0, r.stderr
@@ -119,7 +119,7 @@ def test_a_decoder_that_kills_its_process_is_reported_with_the_file(tmp_path):  
 
 
 def test_a_class_folder_linking_to_its_parent_is_not_a_class(tmp_path):  # probe 7.18: 36 images in 4 classes
-    from gluon_tricks.data.recordio import list_images
+    from gluon_tricks.data.prepare import list_images
 
     src = image_tree(tmp_path / "img")
     (src / "z").symlink_to(".")

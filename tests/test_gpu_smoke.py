@@ -149,7 +149,7 @@ def test_float16_teacher_of_a_float32_student(tmp_path, monkeypatch):
 def test_recordio_batch_on_gpu(device, tmp_path):
     from test_imagenet import make_folder
 
-    from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.data.prepare import prepare
 
     make_folder(tmp_path / "train", corrupt=False)
     make_folder(tmp_path / "val", per_class=4, corrupt=False)

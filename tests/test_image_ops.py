@@ -98,7 +98,7 @@ def test_make_streams_passes_the_device_to_both_record_iterators(tmp_path, monke
     from test_imagenet import make_folder
 
     from gluon_tricks.data import make_streams
-    from gluon_tricks.data.recordio import prepare
+    from gluon_tricks.data.prepare import prepare
 
     make_folder(tmp_path / "train", per_class=4, corrupt=False)
     make_folder(tmp_path / "val", per_class=2, corrupt=False)

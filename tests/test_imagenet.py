@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from gluon_tricks.data.folders import FolderTestStream, FolderTrainStream
-from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream, prepare
+from gluon_tricks.data.prepare import prepare
+from gluon_tricks.data.recordio import RecordTestStream, RecordTrainStream
 from gluon_tricks.errors import UserError
 from gluon_tricks.tricks.smoothing import smooth_targets
 from gluon_tricks.recipe import IMAGENET_MEAN, IMAGENET_STD, recipe_from_dict

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gluon_tricks.cli import main
-from gluon_tricks.data.recordio import check_records, prepare
+from gluon_tricks.data.prepare import check_records, prepare
 from gluon_tricks.errors import UserError
 
 

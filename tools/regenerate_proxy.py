@@ -1,7 +1,7 @@
 """Regenerate the proxy tables (recipes/proxy/) from scratch on real CIFAR-100 images.
 
-    python recipes/proxy/regenerate.py                                    # the suite (resumable)
-    python recipes/proxy/regenerate.py --epochs-scale 0.1 --seeds 1 --runs /tmp/smoke  # smoke test
+    python tools/regenerate_proxy.py                                     # the suite (resumable)
+    python tools/regenerate_proxy.py --epochs-scale 0.1 --seeds 1 --runs /tmp/smoke  # smoke test
 
 Two processes, one per label set (coarse, fine), one thread each. Each trains, in order: the
 proxy teacher (the shipped teacher recipe at proxy scale), exported with `gluon-tricks export`
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = {"coarse": "teacher.toml", "fine": "teacher-fine.toml"}
 KEEP = ("run.json", "recipe.toml", "metrics.jsonl", "result.json")  # a run's record, not its checkpoints
 
