@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -42,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from gluon_tricks.errors import UserError, shown, shown_lines  # noqa: E402
 from gluon_tricks.paths import recipes_root  # noqa: E402
+from gluon_tricks.results import copy_record  # noqa: E402
 from gluon_tricks.stats import pooled_std, welch_difference  # noqa: E402
 from gluon_tricks.tables import collect, load_table, render, run_table, row_recipes  # noqa: E402
 
 TABLE = "rank/cifar10-mini"
-KEEP = ("run.json", "recipe.toml", "metrics.jsonl", "result.json")  # what results/ holds of a run
 
 
 def pilot_table(rows: list[str]):
@@ -111,14 +110,7 @@ def copy_results(table, runs, results: Path) -> int:
         else:
             os.environ["GLUON_TRICKS_RESULTS"] = committed
     for d in sorted(dirs):
-        out = results / d.name
-        tmp = results / f".{d.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in KEEP:
-            shutil.copy2(d / name, tmp / name)
-        shutil.rmtree(out, ignore_errors=True)  # an older copy of the same run (same hash)
-        tmp.rename(out)
+        copy_record(d, results)
     return len(dirs)
 
 
