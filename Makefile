@@ -2,6 +2,12 @@
 # MXNet uses half the cores unless OMP_NUM_THREADS is set; default to all of them.
 export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 export MXNET_HOME ?= $(HOME)/.mxnet
+# The data directory (cifar10-mini/, cifar100-mini/, pretrained/; README "Data"), if any,
+# reaches the demo and the tests as an absolute path (the tests start processes elsewhere).
+ifneq ($(GLUON_TRICKS_DATA),)
+  override GLUON_TRICKS_DATA := $(abspath $(GLUON_TRICKS_DATA))
+  export GLUON_TRICKS_DATA
+endif
 
 # The pins live in setup.py; these are the Pythons they have wheels for.
 SUPPORTED   := 3.9 3.10 3.11

@@ -48,9 +48,13 @@ setup(
     # numpy 1.23.5 (above) has no wheels past Python 3.11; the recipe checks evaluate list[str]
     # annotations at run time, which needs 3.9.
     python_requires=">=3.9,<3.12",
-    # namespace discovery: the vendored data folders (no __init__.py) are part of the package
+    # namespace discovery: the mini sets' definition folders (no __init__.py) are part of the package
     packages=find_namespace_packages(include=["gluon_tricks", "gluon_tricks.*"], exclude=["*.__pycache__"]),
-    package_data={"gluon_tricks": ["data/cifar10_mini/*", "data/cifar100_mini/*", "paper_numbers/*.csv"]},
+    # The mini sets' definitions (README, SHA256SUMS, class names), not their data: the data is
+    # third-party and is found in $GLUON_TRICKS_DATA or cut from the official archive.
+    package_data={"gluon_tricks": ["data/cifar10_mini/README.md", "data/cifar10_mini/SHA256SUMS",
+                                   "data/cifar100_mini/README.md", "data/cifar100_mini/SHA256SUMS",
+                                   "data/cifar100_mini/*_label_names.txt", "paper_numbers/*.csv"]},
     include_package_data=True,
     install_requires=CORE,
     extras_require={"cpu": MXNET_CPU, "gpu": MXNET_GPU, "test": TEST},

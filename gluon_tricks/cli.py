@@ -1,6 +1,6 @@
 """gluon-tricks: train the recipes of Bag of Tricks and its follow-up; print their tables.
 
-Commands: train, prepare, launch, check-records, export, recipes, tables, table,
+Commands: train, eval, prepare, launch, check-records, export, recipes, tables, table,
 plot, schedule, doctor (`gluon-tricks COMMAND --help` for each).
 
 User errors end as one line on stderr and exit status 2; Ctrl-C saves a
@@ -47,6 +47,21 @@ def cmd_train(args) -> int:
                    params_out=args.save_params)
     print(f"{shown(recipe.name)}: top-1 {result['final_top1']:.2f}  top-5 {result['final_top5']:.2f}  "
           f"(best {result['best_top1']:.2f} at epoch {result['best_epoch'] + 1})  -> {shown(out)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from gluon_tricks.scoring import score
+
+    result = score(args.source, model=args.model or "", data=args.data or "", overrides=list(args.set or []),
+                   ctx=args.ctx or "auto")
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"{args.source}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  on {result['images']} "
+              f"{result['dataset']} test images ({result['data']}, mean {result['mean']}, std {result['std']})")
     return 0
 
 
@@ -245,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-params", metavar="DIR", help="also write this worker's final parameters to "
                    "DIR/worker<rank>.params (every worker of a distributed job, to compare them)")
     t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="top-1/top-5 of a run, a .params file (--model) or zoo weights on a test set")
+    ev.add_argument("source", help="a run directory, a .params file (with --model), or a zoo name or name:tag")
+    ev.add_argument("--model", help="the architecture of a .params file, a GluonCV zoo name (e.g. cifar_resnet20_v1)")
+    ev.add_argument("--data", metavar="RECIPE", help="whose test set (default for a run: its own recipe), "
+                    "e.g. demo/baseline")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field of the data recipe, e.g. --set 'data.mean=[0.4914,0.4822,0.4465]'")
+    ev.add_argument("--ctx", help="devices: auto (default) | cpu | gpu:0")
+    ev.add_argument("--json", action="store_true", help="one JSON object instead of the sentence")
+    ev.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("prepare", help="image class folders -> MXNet RecordIO (.rec/.idx/.lst)")
     pr.add_argument("src", help="folder with one sub-folder per class (e.g. ImageNet's train/)")

@@ -297,14 +297,18 @@ def omp_lines(env=None, cores: int | None = None) -> list[Line]:
 
 def data_missing(spec) -> tuple[list[str], str]:
     """(missing files, how to get them) for a recipe's data section."""
-    from gluon_tricks.data.cifar import FORMAT_OF, MINI_ROOTS, _find_files, default_root
+    from gluon_tricks.data.cifar import FORMAT_OF, MINI_RECORDS, _find_files, default_root, mini_present, mini_roots
 
-    if spec.dataset in FORMAT_OF:  # cifar10, cifar100 and the vendored -mini subsets of them
+    if spec.dataset in MINI_RECORDS:
+        roots = [Path(spec.root)] if spec.root else mini_roots(spec.dataset)
+        if any(mini_present(r, spec.dataset) for r in roots):
+            return [], ""
+        return [f"{roots[-1]}/ ({spec.dataset})"], \
+            "cut from the official archive on the first run (needs internet), or set GLUON_TRICKS_DATA (README: Data)"
+    if spec.dataset in FORMAT_OF:  # cifar10, cifar100
         root = Path(spec.root) if spec.root else default_root(spec.dataset)
         ok = all(_find_files(root, FORMAT_OF[spec.dataset], train) for train in (True, False))
-        fix = "vendored in the package: reinstall gluon-tricks (or `git checkout` it)" \
-            if spec.dataset in MINI_ROOTS and not spec.root else "downloaded on the first run (needs internet)"
-        return ([] if ok else [f"{root}/ ({spec.dataset})"]), fix
+        return ([] if ok else [f"{root}/ ({spec.dataset})"]), "downloaded on the first run (needs internet)"
     root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
     if spec.dataset == "recordio":
         need = [n for n in ("train.rec", "train.idx", "val.rec", "val.idx") if not (root / n).is_file()]
@@ -316,14 +320,21 @@ def data_missing(spec) -> tuple[list[str], str]:
 
 def teacher_missing(spec) -> tuple[list[str], str]:
     from gluon_tricks.errors import UserError
-    from gluon_tricks.models import teacher_file, zoo_source, zoo_weights_file
+    from gluon_tricks.models import zoo_source, zoo_weights_file
+    from gluon_tricks.recipe import teacher_path
 
     if not spec.teacher:
         return [], ""
-    path = teacher_file(spec.teacher)
+    path = teacher_path(spec.teacher)
     if path is not None:
-        return ([] if path.is_file() else [str(path)]), "teacher/train_teacher.sh (docs/reproduce.md)"
+        how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export)" if spec.teacher_recipe
+               else "teacher/train_teacher.sh (docs/reproduce.md)")
+        return ([] if path.is_file() else [str(path)]), how
+    from gluon_tricks.models import pretrained_copy
+
     try:
+        if pretrained_copy(spec.teacher) is not None:
+            return [], ""  # the data directory's copy of the same weights
         expected = zoo_weights_file(*zoo_source(spec.teacher))
     except UserError as e:
         return [f"{spec.teacher} ({e})"], ""
@@ -333,12 +344,12 @@ def teacher_missing(spec) -> tuple[list[str], str]:
 def missing_inputs(recipes) -> list[str]:
     """What the recipes need that is neither here nor fetched on first use: teacher .params files,
     ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
-    from gluon_tricks.models import teacher_file
+    from gluon_tricks.recipe import teacher_path
 
     out = []
     for recipe in recipes:
         needs = []
-        if recipe.distill.teacher and teacher_file(recipe.distill.teacher) is not None:
+        if recipe.distill.teacher and teacher_path(recipe.distill.teacher) is not None:
             needs.append(teacher_missing(recipe.distill))
         if recipe.data.dataset in ("recordio", "imagefolder"):
             needs.append(data_missing(recipe.data))

@@ -39,7 +39,7 @@ from gluon_tricks.errors import DivergenceError, Interrupted, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, check_trainer_states, provenance
-from gluon_tricks.tricks.distill import DistillStep
+from gluon_tricks.tricks.distill import DistillStep, renormalization
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer
 from gluon_tricks.tricks.optim import make_optimizer
@@ -86,6 +86,7 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
             _check_final_row(rows, recipe.epochs, setup.run)
         result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
                             setup.train_images, len(setup.test_stream))
+        result.update(teacher_scores(setup))
         result.update(provenance(setup.contexts))
         result["segments"] = position.segments
         if setup.dist.is_chief:
@@ -96,6 +97,18 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
         return result
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         setup.run.unlock()
+
+
+def teacher_scores(setup: Setup) -> dict:
+    """A distilling run's teacher on the run's test set, seen as it sees the training batches
+    (in its own normalization): recorded in the result and printed under the table, so a weak
+    or mis-normalized teacher shows beside its students. One test pass, at the end of the run."""
+    step = setup.step_loss
+    if not isinstance(step, DistillStep):
+        return {}
+    top1, top5 = evaluate(lambda x: step.teacher(step.teacher_input(x)), setup.test_stream, setup.contexts,
+                          setup.recipe.model.dtype, setup.host_reads)
+    return {"teacher_top1": top1, "teacher_top5": top5}
 
 
 @dataclass
@@ -153,9 +166,11 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     # steps); static_alloc alone gives the plain graph's numbers exactly.
     net.hybridize(static_alloc=True)
     if recipe.distill.teacher:
-        teacher_dtype = recipe.distill.teacher_dtype or recipe.model.dtype
-        teacher = load_teacher(recipe.distill, classes, contexts, teacher_dtype)
-        step_loss = DistillStep(teacher, recipe.distill.temperature, recipe.distill.soft_weight, teacher_dtype)
+        d = recipe.distill
+        teacher_dtype = d.teacher_dtype or recipe.model.dtype
+        teacher = load_teacher(d, classes, contexts, teacher_dtype)
+        step_loss = DistillStep(teacher, d.temperature, d.soft_weight, teacher_dtype,
+                                renormalization(recipe.data.mean, recipe.data.std, d.teacher_mean, d.teacher_std))
     else:
         step_loss = StudentLoss()
 

@@ -37,4 +37,3 @@ def first_line(e: BaseException, limit: int = 200) -> str:
         return e.__class__.__name__
     line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
     return line.strip()[:limit]
-

@@ -17,8 +17,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import init as mx_init
 
-from gluon_tricks.errors import UserError, first_line
+from gluon_tricks.errors import UserError, first_line, shown
 from gluon_tricks.paths import mxnet_home
+from gluon_tricks.recipe import teacher_path
 from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
 
@@ -69,6 +70,46 @@ def zoo_weights_file(name: str, tag: str | None = None) -> Path:
     return mxnet_home() / "models" / f"{name}-{tag}.params"
 
 
+# Copies of GluonCV's published weights that a data directory ($GLUON_TRICKS_DATA/pretrained/)
+# may hold for an offline machine, by zoo weights: (file name, SHA-256). The file is a third
+# party's `get_model(name, pretrained=True).save_parameters(...)`: the same weights re-saved with
+# structural names, so its bytes (and SHA-1) are not the zoo file's (its README: provenance,
+# and 93.85% on the cifar10-mini test images with CIFAR's mean/std).
+PRETRAINED_COPIES = {
+    "cifar_resnet20_v1:121e1579": ("cifar_resnet20_v1-cifar10.params",
+                                   "65262d4d86129673da1d9321d97b8b6be534fead9fdfc1d864e498f30c33bba9"),
+}
+
+
+def pretrained_copy(source: str) -> Path | None:
+    """The data directory's copy of a zoo name's (or name:tag's) weights, when it holds one
+    whose SHA-256 is the one listed in PRETRAINED_COPIES; else None."""
+    from gluon_tricks.paths import data_dir
+    from gluon_tricks.recipe import teacher_identity
+
+    root = data_dir()
+    known = PRETRAINED_COPIES.get(teacher_identity({"teacher": source, "teacher_recipe": ""})) if root else None
+    if known is None:
+        return None
+    path = root / "pretrained" / known[0]
+    if not path.is_file():
+        return None
+    from gluon_tricks.results import sha256_file
+
+    if sha256_file(path) != known[1]:
+        raise UserError(f"{shown(path)}: SHA-256 is not that of the listed copy of {source}'s weights; the copy is "
+                        "damaged: copy it again, or unset GLUON_TRICKS_DATA to download GluonCV's own file")
+    return path
+
+
+def _copy_hint(name: str, tag: str | None) -> str:
+    """Where a data directory can supply these weights offline, if PRETRAINED_COPIES lists a copy."""
+    from gluon_tricks.recipe import teacher_identity
+
+    known = PRETRAINED_COPIES.get(teacher_identity({"teacher": f"{name}:{tag}" if tag else name, "teacher_recipe": ""}))
+    return f", or set GLUON_TRICKS_DATA to a data directory holding pretrained/{known[0]}" if known else ""
+
+
 def _pretrained(source: str, ctx, **kwargs):
     """A zoo network with its published weights, loaded straight onto every context of the
     run (GluonCV's default is cpu(0), which a GPU run cannot use); a one-line error naming
@@ -88,7 +129,7 @@ def _pretrained(source: str, ctx, **kwargs):
             f"pretrained weights of {source!r} could not be loaded ({e.__class__.__name__}: {why}); "
             f"{expected} {state} (GluonCV's cache, $MXNET_HOME/models): on a machine with internet run "
             f"python -c \"from gluoncv.model_zoo import get_model; {fetch}\" and copy that file here, "
-            "or use a local .params file"
+            "or use a local .params file" + _copy_hint(name, tag)
         ) from None
 
 
@@ -137,16 +178,22 @@ def build_model(recipe, classes: int, ctx):
     return net
 
 
-def teacher_file(source: str) -> Path | None:
-    """The .params file a `distill.teacher` names (as given, or relative to the project,
-    where recipes name teacher/... files), or None when it names zoo weights."""
-    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
-        return None
-    path = Path(source)
-    project_path = Path(__file__).resolve().parent.parent / source
-    if not path.is_absolute() and not path.exists() and project_path.exists():
-        path = project_path
-    return path
+def check_params_file(path: Path, what: str = "teacher") -> None:
+    """A one-line error naming `path` and what is wrong with it unless it is a complete MXNet
+    .params file: not MXNet's format at all, or cut short (MXNet itself only says "Invalid
+    NDArray file format", which a later load would blame on the architecture)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
+        magic = f.read(8)
+    if magic != (0x112).to_bytes(8, "little"):
+        raise UserError(f"{what} {shown(path)} is not an MXNet .params file ({size:,} bytes, it does not start "
+                        "with MXNet's NDArray-list header); give the .params file itself, or export one with "
+                        "gluon-tricks export")
+    try:
+        mx.nd.load(str(path))
+    except mx.MXNetError as e:
+        raise UserError(f"{what} {shown(path)} is not a complete MXNet .params file ({size:,} bytes; MXNet: "
+                        f"{first_line(e)}): it is truncated or damaged; copy or export it again") from None
 
 
 def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
@@ -156,25 +203,32 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         raise UserError("distill.teacher_dtype = \"float16\" needs GPU contexts: the MXNet CPU build has no "
                         "float16 matrix multiply; leave it unset on the CPU")
     src = spec.teacher
-    path = teacher_file(src)
+    path = teacher_path(src)
     if path is not None:
         if not path.is_file():
-            raise UserError(f"teacher file {path} not found; train one with teacher/train_teacher.sh "
-                            "or give a zoo name in distill.teacher")
+            how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export RUN_DIR {src})"
+                   if spec.teacher_recipe else "give an existing .params file, or a zoo name, in distill.teacher")
+            raise UserError(f"teacher file {shown(path)} not found; {how}")
         if not spec.teacher_model:
-            raise UserError(f"teacher {path} is a .params file: set distill.teacher_model to its "
+            raise UserError(f"teacher {shown(path)} is a .params file: set distill.teacher_model to its "
                             "architecture, e.g. cifar_resnext29_16x64d")
-        with open(path, "rb") as f:  # every nd.save file starts with MXNet's list magic 0x112
-            if f.read(8) != (0x112).to_bytes(8, "little"):
-                raise UserError(f"teacher {path} is not an MXNet .params file; export one with gluon-tricks export")
+        check_params_file(path)
         net = _get(spec.teacher_model, classes=classes)
         try:
             net.load_parameters(str(path), ctx=ctx)
         except (AssertionError, mx.MXNetError, ValueError, KeyError, RuntimeError) as e:
-            raise UserError(f"teacher {path} does not match {spec.teacher_model} with {classes} classes "
+            # Gluon names the parameter: missing in the file (another architecture) or of
+            # another shape (another class count).
+            raise UserError(f"teacher {shown(path)} does not match {spec.teacher_model} with {classes} classes "
                             f"({first_line(e)}); check distill.teacher_model and the dataset's classes") from None
     else:
-        net = _pretrained(src, ctx)
+        copy = pretrained_copy(src)
+        if copy is not None:  # the data directory's copy: no download, the same weights
+            net = _get(zoo_source(src)[0])
+            check_params_file(copy)
+            net.load_parameters(str(copy), ctx=ctx)
+        else:
+            net = _pretrained(src, ctx)
         out = output_classes(net)
         if out is not None and out != classes:
             raise UserError(f"teacher {src!r} predicts {out} classes but the dataset has {classes}; "

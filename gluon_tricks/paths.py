@@ -1,4 +1,4 @@
-"""Where things live: MXNet's data directory, the recipes, the runs, the committed results,
+"""Where things live: MXNet's data directory, the user's data directory, the recipes, the runs, the committed results,
 and how many cores this machine has. Each is read from the environment here and nowhere else.
 
 The ground floor beside errors.py: it imports nothing from the package.
@@ -15,6 +15,13 @@ def mxnet_home() -> Path:
     """MXNet's data directory: $MXNET_HOME (with `~` expanded; empty counts as unset), else
     ~/.mxnet, where GluonCV keeps datasets and model weights."""
     return Path(os.environ.get("MXNET_HOME") or Path.home() / ".mxnet").expanduser()
+
+
+def data_dir() -> Path | None:
+    """The data directory a user or CI names with $GLUON_TRICKS_DATA (holding cifar10-mini/,
+    cifar100-mini/, pretrained/: third-party files the project does not ship), or None."""
+    value = os.environ.get("GLUON_TRICKS_DATA")
+    return Path(value).expanduser() if value else None
 
 
 def recipes_root() -> Path:

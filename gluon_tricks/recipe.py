@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 @dataclass(frozen=True)
 class DataSpec:
     dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | cifar100-mini | imagefolder | recordio
-    root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (the vendored copy for the -mini sets)
+    root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (for the -mini sets: README "Data")
     fine_labels: bool = True  # CIFAR-100 only: 100 fine classes, or the 20 coarse superclasses
     augment: str = "followup"  # followup | gluoncv | none | bot (the ImageNet-style path)
     batch_size: int = 256  # global batch: split over every device and worker
@@ -122,8 +123,18 @@ class DistillSpec:
     # e.g. "resnet152_v1d:cfe0220d"), or a path to a .params file
     teacher: str = ""
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
+    # The recipe whose trained run the .params `teacher` is exported from (teacher/train_teacher.sh,
+    # recipes/proxy/regenerate.py), e.g. "teacher/resnext29_teacher.toml". Such a teacher is
+    # identified by the path it is exported to, not by its bytes (see `teacher_identity`).
+    teacher_recipe: str = ""
     temperature: float = 20.0
     soft_weight: float = 0.5  # w in (1-w)*CE(student, y) + w*T^2*KL(teacher_T || student_T)
+    # The mean/std the teacher was trained with, applied to the (mixed) batch before the
+    # teacher's forward; [] = the student's data.mean / data.std. GluonCV's CIFAR zoo models
+    # were trained with CIFAR's own statistics (gluoncv.data.transforms.presets: 0.4914,
+    # 0.4822, 0.4465 / 0.2023, 0.1994, 0.2010).
+    teacher_mean: list[float] = field(default_factory=list)
+    teacher_std: list[float] = field(default_factory=list)
     # "" = the student's dtype, as in the papers; "float16": the teacher's forward in float16
     # on GPUs (V100 tensor cores) for a float32 student, a deviation (docs/tricks.md)
     teacher_dtype: str = ""
@@ -327,6 +338,9 @@ def _check_semantics(r: Recipe, source: str) -> None:
             and not ZOO_TAG.fullmatch(teacher):
         problems.append(f"distill.teacher = {teacher!r}: a zoo teacher with a weights tag is written "
                         "<zoo name>:<8 hex digits>, e.g. resnet152_v1d:cfe0220d")
+    if r.distill.teacher_recipe and teacher_path(teacher) is None:
+        problems.append(f"distill.teacher_recipe names the recipe a .params teacher file is exported from, but "
+                        f"distill.teacher = {teacher!r} is not a .params file; remove teacher_recipe")
     bad_choices = set(r.mixup.choices) - MIX_KINDS
     if bad_choices or not r.mixup.choices:
         problems.append("mixup.choices must be a non-empty list of interpolation, stitch_height, stitch_width, tile")
@@ -339,6 +353,11 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append(f"optim.epsilon is for adam, nadam, rmsprop, adadelta; {r.optim.name} takes none (remove it)")
     if len(r.data.mean) != 3 or len(r.data.std) != 3 or min(r.data.std) <= 0:
         problems.append("data.mean and data.std need 3 values each, std > 0")
+    if len(r.distill.teacher_mean) not in (0, 3) or len(r.distill.teacher_std) not in (0, 3) \
+            or min(r.distill.teacher_std, default=1) <= 0 \
+            or bool(r.distill.teacher_mean) != bool(r.distill.teacher_std):
+        problems.append("distill.teacher_mean and distill.teacher_std need 3 values each (std > 0), or both [] "
+                        "for the student's data.mean / data.std")
     if r.optim.loss_scale not in ("none", "dynamic"):
         try:
             if float(r.optim.loss_scale) <= 0:
@@ -564,6 +583,8 @@ def unused_with_reasons(recipe: Recipe) -> dict[str, str]:
                 "mixup.min_lambda is 0 or mixup.min_lambda_kinds lists none of the kinds mixed")
     if d["distill"]["teacher"] == "":
         add([f"distill.{k}" for k in d["distill"]], 'distill.teacher is ""')
+    elif (d["distill"]["teacher_mean"], d["distill"]["teacher_std"]) == (d["data"]["mean"], d["data"]["std"]):
+        add(["distill.teacher_mean", "distill.teacher_std"], "they equal data.mean / data.std (the default)")
     return out
 
 
@@ -604,6 +625,69 @@ def run_warnings(recipe: Recipe, explicit: set[str] | None = None) -> list[str]:
     return out
 
 
+def teacher_path(source: str) -> Path | None:
+    """The .params file a `distill.teacher` names (as given, or relative to the project,
+    where recipes name teacher/... files), or None when it names zoo weights."""
+    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
+        return None
+    path = Path(source)
+    project_path = Path(__file__).resolve().parent.parent / source
+    if not path.is_absolute() and not path.exists() and project_path.exists():
+        path = project_path
+    return path
+
+
+_FILE_DIGESTS: dict = {}
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file, computed once per file version and process (teachers are large)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        from gluon_tricks.results import sha256_file
+
+        _FILE_DIGESTS[key] = sha256_file(path)
+    return _FILE_DIGESTS[key]
+
+
+def teacher_identity(distill: dict) -> str:
+    """What a student's result depends on in `distill.teacher`: the weights themselves.
+
+    - a zoo name with a tag: the tag is a digest of GluonCV's published file already;
+    - a zoo name alone: the tag of the zoo's current weights (so a GluonCV release that
+      publishes new weights gives a new identity);
+    - a .params file: "sha256:<its digest>", so replacing the file gives a new identity and an
+      old result is never reused (a moved or renamed copy keeps its results); "missing:<path>"
+      while the file does not exist;
+    - a .params file exported from a recipe's run (`teacher_recipe`): the path, as given.
+      Its bytes cannot be part of the identity: they do not exist before that recipe trains
+      (a fresh clone has none, yet a table must find its committed rows), and the committed
+      proxy results (recipes/proxy/distill.toml) were trained under this identity from teacher
+      files whose bytes were never recorded (runs/ is not committed), so they cannot be
+      re-keyed by content without retraining. Retraining such a teacher into the same path
+      does not retrain its students: pass --overwrite, or export to a new path.
+    """
+    source = distill["teacher"]
+    path = teacher_path(source)
+    if path is None:
+        if ZOO_TAG.fullmatch(source):
+            return source
+        from gluoncv.model_zoo import model_store  # deferred: only zoo-name teachers need GluonCV
+
+        try:
+            return f"{source}:{model_store.short_hash(source)}"
+        except ValueError:
+            return source  # no published weights: loading it says so
+    if distill["teacher_recipe"]:
+        return source
+    if not path.is_file():
+        # No result can have been trained from a file that is not there (loading it is refused),
+        # so this names none: its rows show "not run", and training one says the file is missing.
+        return f"missing:{source}"
+    return f"sha256:{_file_sha256(path)}"
+
+
 def _dataset_classes(data: dict) -> int | None:
     """Classes a dataset's labels take, where the recipe alone says so."""
     if data["dataset"] in ("cifar100", "cifar100-mini"):
@@ -620,6 +704,10 @@ def identity(recipe: Recipe) -> dict:
         values[section][name] = defaults[section][name]
     if values["model"]["classes"] == _dataset_classes(values["data"]):
         values["model"]["classes"] = defaults["model"]["classes"]  # an explicit head of the dataset's size
+    if recipe.distill.teacher:
+        values["distill"]["teacher"] = teacher_identity(values["distill"])
+        # where a teacher came from is not what it is: teacher_identity has used it
+        values["distill"]["teacher_recipe"] = defaults["distill"]["teacher_recipe"]
     if values["distill"]["teacher_dtype"] == values["model"]["dtype"]:
         values["distill"]["teacher_dtype"] = defaults["distill"]["teacher_dtype"]  # the student's, said twice
     out = {}

@@ -279,8 +279,9 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
     seeds = seeds or table.seeds
     out = []
     for row in table.rows:
-        results, runs, hashes, missing = [], [], [], []
+        results, runs, hashes, missing, distill = [], [], [], [], None
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
+            distill = recipe.distill
             hashes.append(content_hash(recipe))
             path, result, problem = lookup_result(hashes[-1], runs_root)
             if result is not None:
@@ -308,8 +309,46 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             "recipe": str(row.recipe_path) if row.recipe_path else "",
             "metrics": [RunDir(p).read_metrics(warn=True) for p in runs],
             "missing": missing,  # one line per seed without a usable result
+            **_teacher_scores(distill, results),
         })
     return out
+
+
+def _teacher_scores(distill, results: list[dict]) -> dict:
+    """A distilling row's teacher and its accuracy on the row's test set: as the students' runs
+    measured it, else (runs from before that record) the result of the recipe that made it."""
+    from gluon_tricks.paths import PROJECT
+    from gluon_tricks.results import find_result
+
+    out = {"teacher": distill.teacher if distill else "", "teacher_top1": None, "teacher_top5": None,
+           "teacher_measured_by": "", "test_images": results[0].get("test_images") if results else None}
+    if not out["teacher"] or not results:
+        return out
+    measured = [r for r in results if "teacher_top1" in r]
+    if measured:
+        out.update(teacher_top1=_stat([r["teacher_top1"] for r in measured])[0],
+                   teacher_top5=_stat([r["teacher_top5"] for r in measured])[0], teacher_measured_by="its students' runs")
+    elif distill.teacher_recipe and (PROJECT / distill.teacher_recipe).is_file():
+        found = find_result(content_hash(load_recipe(PROJECT / distill.teacher_recipe)))
+        if found:
+            out.update(teacher_top1=found[1]["final_top1"], teacher_top5=found[1]["final_top5"],
+                       teacher_measured_by=f"the run of {distill.teacher_recipe}", test_images=found[1].get("test_images"))
+    return out
+
+
+def teacher_notes(rows: list[dict]) -> list[str]:
+    """Under a table whose rows distill: each teacher's accuracy on the test set."""
+    notes, seen = [], set()
+    for r in rows:
+        if not r["teacher"] or not r["runs"] or r["teacher"] in seen:
+            continue
+        seen.add(r["teacher"])
+        if r["teacher_top1"] is None:
+            notes.append(f"teacher {r['teacher']}: accuracy not recorded (its students' runs predate the record)")
+        else:
+            notes.append(f"teacher {r['teacher']}: top-1 {r['teacher_top1']:.2f}, top-5 {r['teacher_top5']:.2f} "
+                         f"on the {r['test_images']} test images (measured by {r['teacher_measured_by']})")
+    return notes
 
 
 def _fmt(mean, std, runs, seeds: int = 1, listed: str = "") -> str:
@@ -414,6 +453,7 @@ def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale
     if table.note:
         notes.append(table.note)
     notes += shared_result_notes(rows)
+    notes += teacher_notes(rows)
     row_notes = [row_note(r) for r in rows]
     if fmt == "csv":
         import io

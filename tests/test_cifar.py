@@ -175,10 +175,11 @@ def test_download_with_the_wrong_sha1_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "data_batch_1.bin").exists()
 
 
-def test_vendored_mini_is_the_documented_real_subset():
+def test_mini_is_the_documented_real_subset():
     """The README's counts, class balance and SHA-256 digests (independent facts)."""
-    root = cifar.MINI_ROOT
-    sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS").read_text().splitlines())
+    root = cifar.ensure_mini("cifar10-mini")
+    sums = dict(line.split()[::-1] for line in
+                (cifar.MINI_DEFINITIONS["cifar10-mini"] / "SHA256SUMS").read_text().splitlines())
     for name, digest in sums.items():
         assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest
     train = cifar.load_cifar("cifar10-mini", train=True)
@@ -299,14 +300,15 @@ def test_stalled_download_ends_in_a_clear_error(tmp_path, monkeypatch):
     assert "download failed" in str(outcome[0]) and str(tmp_path / "empty") in str(outcome[0])
 
 
-def test_vendored_copy_is_verified_on_load(tmp_path):
-    """A damaged vendored file is named, not trained on."""
+def test_mini_copy_is_verified_on_load(tmp_path):
+    """A damaged copy of a mini set is named, not trained on."""
     import shutil
 
-    for mini, root, damaged in (("cifar10-mini", cifar.MINI_ROOTS["cifar10-mini"], "data_batch_2.bin"),
-                                ("cifar100-mini", cifar.MINI_ROOTS["cifar100-mini"], "test.bin")):
+    for mini, damaged in (("cifar10-mini", "data_batch_2.bin"), ("cifar100-mini", "test.bin")):
         copy = tmp_path / mini
-        shutil.copytree(root, copy)
+        shutil.copytree(cifar.ensure_mini(mini), copy)
+        os.chmod(copy, 0o755)
+        os.chmod(copy / damaged, 0o644)
         raw = bytearray((copy / damaged).read_bytes())
         raw[5000] ^= 0xFF  # a pixel byte: the size and labels stay valid
         (copy / damaged).write_bytes(bytes(raw))

@@ -1,4 +1,4 @@
-"""The vendored cifar100-mini against independent facts: its README, the official CIFAR-100
+"""The real cifar100-mini against independent facts: its README, the official CIFAR-100
 superclass table, and the official python-format layout."""
 import hashlib
 import pickle
@@ -8,7 +8,7 @@ import pytest
 
 from gluon_tricks.data import cifar
 
-ROOT = cifar.MINI_ROOTS["cifar100-mini"]
+DEFINITION = cifar.MINI_DEFINITIONS["cifar100-mini"]  # README, SHA256SUMS, class names
 
 # The CIFAR-100 superclass table as published with the dataset (Krizhevsky, 2009; the
 # CIFAR-100 page), written with the names the official `meta` file uses; superclasses in
@@ -46,23 +46,25 @@ COARSE_OF_FINE = [
 
 
 def names(kind):
-    return (ROOT / f"{kind}_label_names.txt").read_text().split()
+    return (DEFINITION / f"{kind}_label_names.txt").read_text().split()
 
 
 @pytest.fixture(scope="module")
 def raw():
     """Both files as (coarse, fine, pixels) straight from the bytes, per the README's record layout."""
-    out = {}
+    out, root = {}, cifar.ensure_mini("cifar100-mini")
     for split in ("train", "test"):
-        rec = np.fromfile(ROOT / f"{split}.bin", dtype=np.uint8).reshape(-1, 3074)
+        rec = np.fromfile(root / f"{split}.bin", dtype=np.uint8).reshape(-1, 3074)
         out[split] = rec[:, 0].astype(int), rec[:, 1].astype(int), rec[:, 2:]
     return out
 
 
 def test_files_match_their_checksums_and_the_readme_counts(raw):
-    for line in (ROOT / "SHA256SUMS").read_text().splitlines():
+    root = cifar.ensure_mini("cifar100-mini")
+    for line in (DEFINITION / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split()
-        assert hashlib.sha256((ROOT / name).read_bytes()).hexdigest() == digest, name
+        folder = root if name.endswith(".bin") else DEFINITION  # data beside the shipped class names
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
     assert len(raw["train"][0]) == 1117 and len(raw["test"][0]) == 916
     # README: class balance of train.bin over the coarse labels
     assert np.bincount(raw["train"][0], minlength=20).tolist() == [

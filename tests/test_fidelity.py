@@ -133,8 +133,8 @@ PINNED_DEFAULTS = {
               "min_lambda_kinds": ["stitch_height", "stitch_width"], "label_weight": "lambda",
               "choices": ["interpolation", "stitch_height", "stitch_width"], "off_first_epochs": 0,
               "off_last_epochs": 0},
-    "distill": {"teacher": "", "teacher_model": "", "temperature": 20.0, "soft_weight": 0.5,
-                "teacher_dtype": ""},
+    "distill": {"teacher": "", "teacher_model": "", "teacher_recipe": "", "temperature": 20.0, "soft_weight": 0.5,
+                "teacher_mean": [], "teacher_std": [], "teacher_dtype": ""},
 }
 
 

@@ -15,9 +15,9 @@ PROXY = recipes_root() / "proxy"
 ROWS = ["baseline", "cosine", "smoothing", "mixup", "distill", "stitch-height", "stitch-width", "teacher",
         "teacher-fine"]
 # What "scale only" may change: the network, the data set, epoch counts and the batch (and the
-# distillation teacher, which is the scaled teacher recipe's export).
+# distillation teacher, which is the scaled teacher recipe's export, and that recipe).
 SCALE_KEYS = {"epochs", "data.dataset", "data.batch_size", "model.name", "schedule.warmup_epochs",
-              "schedule.decay_epochs", "distill.teacher", "distill.teacher_model"}
+              "schedule.decay_epochs", "distill.teacher", "distill.teacher_model", "distill.teacher_recipe"}
 
 
 def flat(d, prefix=""):
@@ -60,9 +60,11 @@ def test_every_row_runs_coarse_and_fine_with_the_same_recipe_and_3_seeds():
         coarse, fine = pair[False], pair[True]
         assert coarse.model.classes == 100  # the original's 100-way head on 20 coarse labels
         a, b = flat(coarse.to_dict()), flat(fine.to_dict())
-        assert {k for k in a if a[k] != b[k]} <= {"data.fine_labels", "distill.teacher"}, name
+        assert {k for k in a if a[k] != b[k]} <= {"data.fine_labels", "distill.teacher", "distill.teacher_recipe"}, name
         if coarse.distill.teacher:
             assert "coarse" in coarse.distill.teacher and "fine" in fine.distill.teacher
+            assert (coarse.distill.teacher_recipe, fine.distill.teacher_recipe) == (
+                "recipes/proxy/teacher.toml", "recipes/proxy/teacher-fine.toml")
     halves = set()
     for half in ("proxy/coarse", "proxy/fine"):
         t = load_table(recipes_root(), half)

@@ -1,12 +1,20 @@
 """CIFAR-10 / CIFAR-100 readers for the official binary and python formats.
 
 Both return uint8 images in NHWC layout and int32 labels. When no files are
-found, MXNet's own dataset classes download and verify the official archives
-(`mx.gluon.data.vision.CIFAR10/CIFAR100`); offline, the error names the
+found, the official archive MXNet's dataset classes name (`mx.gluon.data.vision.
+CIFAR10/CIFAR100`: URL and SHA-1) is downloaded and unpacked; offline, the error names the
 directory and the files that were expected.
 
-The vendored real subsets (`cifar10-mini`, `cifar100-mini`) are checked against
-their SHA256SUMS on load, so a damaged copy is named instead of trained on.
+The real subsets `cifar10-mini` and `cifar100-mini` are the first N records of the official
+files (`MINI_RECORDS`; each definition folder's README says so). The project ships their
+definitions and SHA256SUMS, not their bytes (third-party data). They are found, in order,
+in `$GLUON_TRICKS_DATA/<name>/`, in the cache `$MXNET_HOME/datasets/<name>/`, or cut there
+from the official archive (downloaded when absent), and every copy is checked against the
+shipped SHA256SUMS on load, so a damaged or wrongly cut copy is named instead of trained on.
+
+Preparing a dataset (download, unpacking, cutting) holds a file lock beside its folder and
+writes into a temporary folder renamed into place: rows of `table --run --parallel` starting
+on a fresh machine at once prepare it once, and a killed preparation leaves no half folder.
 
 The python format is a pickle. Pickles can run code, so it is read with an
 unpickler that only builds dicts, lists, strings, numbers and numpy arrays
@@ -14,9 +22,13 @@ unpickler that only builds dicts, lists, strings, numbers and numpy arrays
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
+import os
 import pickle
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +36,19 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.errors import UserError, shown
-from gluon_tricks.paths import mxnet_home
+from gluon_tricks.paths import data_dir, mxnet_home
 
-# The real subsets shipped inside the package (each folder's README says how they were cut).
-MINI_ROOTS = {
+# The real subsets' definitions shipped with the package: README (how each was cut, and
+# checked), SHA256SUMS of the files, and CIFAR-100's class names.
+MINI_DEFINITIONS = {
     "cifar10-mini": Path(__file__).parent / "cifar10_mini",
     "cifar100-mini": Path(__file__).parent / "cifar100_mini",
 }
-MINI_ROOT = MINI_ROOTS["cifar10-mini"]
+# Each subset file: the first N records of the official file of the same name (the READMEs).
+MINI_RECORDS = {
+    "cifar10-mini": {**{f"data_batch_{i}.bin": 932 for i in range(1, 6)}, "test_batch.bin": 846},
+    "cifar100-mini": {"train.bin": 1117, "test.bin": 916},
+}
 # The official format each name is read as.
 FORMAT_OF = {"cifar10": "cifar10", "cifar100": "cifar100", "cifar10-mini": "cifar10", "cifar100-mini": "cifar100"}
 # Seconds without a byte from the server before a download gives up (per connect and per read,
@@ -71,9 +88,51 @@ class ImageSet:
 
 
 def default_root(dataset: str) -> Path:
-    if dataset in MINI_ROOTS:
-        return MINI_ROOTS[dataset]
+    """Where a dataset is kept when the recipe names no data.root: MXNet's dataset cache
+    ($MXNET_HOME/datasets/<name>), or for a mini set the first of `mini_roots` that holds it."""
+    if dataset in MINI_RECORDS:
+        roots = mini_roots(dataset)
+        return next((r for r in roots if mini_present(r, dataset)), roots[-1])
     return mxnet_home() / "datasets" / dataset
+
+
+def mini_roots(dataset: str) -> list[Path]:
+    """Where a mini set is looked for, in order: $GLUON_TRICKS_DATA/<name>, then the cache
+    $MXNET_HOME/datasets/<name> (where it is cut from the official archive when absent)."""
+    env = data_dir()
+    return ([env / dataset] if env is not None else []) + [mxnet_home() / "datasets" / dataset]
+
+
+def mini_present(root: Path, dataset: str) -> bool:
+    """Every file of the subset is there with its defined size (the checksums are checked on load)."""
+    rec = RECORD_BYTES[FORMAT_OF[dataset]]
+    try:
+        return all((root / n).stat().st_size == n_records * rec for n, n_records in MINI_RECORDS[dataset].items())
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def preparing(folder: Path):
+    """Hold an exclusive lock for preparing `folder` (a file beside it: the folder itself may be
+    renamed into place meanwhile); other processes wait here until it is released."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock (so does the process's death)
+
+
+def _fresh_temp(folder: Path) -> Path:
+    """An empty temporary folder beside `folder` (on the same filesystem, for the rename).
+    Called under `preparing`: any other temporary folder of `folder` is a killed process's, and goes."""
+    for stale in folder.parent.glob(f".{folder.name}.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def read_binary(path: Path, dataset: str, fine_labels: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -184,15 +243,13 @@ def _official_archive(dataset: str, root: Path) -> tuple[str, str, str]:
 
 
 def _download(root: Path, dataset: str) -> None:
-    """The official binary archive from MXNet's dataset repository, SHA-1 checked and unpacked.
+    """The official binary archive from MXNet's dataset repository, SHA-1 checked and unpacked
+    into `root`, under the preparation lock: one process downloads, the others wait and find it.
 
     MXNet's own `CIFAR10/100` download passes no timeout to `requests`, so a connection that
     stalls hangs forever; this fetches the same archive (MXNet's URL, name and SHA-1) with a
-    timeout per connect and per read."""
-    import requests
-
-    from gluon_tricks.results import atomic_write_bytes
-
+    timeout per connect and per read. An archive already in `root` with the right SHA-1 is
+    used as it is (an offline machine can be given it)."""
     expected = ", ".join(BINARY_FILES[dataset][0] + BINARY_FILES[dataset][1])
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -200,16 +257,14 @@ def _download(root: Path, dataset: str) -> None:
         raise UserError(f"{dataset} not found in {shown(root)}, and cannot create {shown(root)} to download it into: "
                         f"{e.strerror}; set MXNET_HOME or data.root to a writable directory") from None
     try:
-        url, name, sha1 = _official_archive(dataset, root)
-        print(f"downloading {dataset} from {url} into {root}", flush=True)
-        with requests.get(url, stream=True, timeout=(DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT)) as r:
-            r.raise_for_status()
-            archive = b"".join(r.iter_content(chunk_size=1 << 20))
-        if hashlib.sha1(archive).hexdigest() != sha1:
-            raise ValueError(f"{name} has the wrong SHA-1")
-        atomic_write_bytes(root / name, archive)
-        with tarfile.open(root / name) as tar:
-            tar.extractall(root, filter="data")
+        with preparing(root / "archive"):
+            if all(_find_files(root, dataset, train) for train in (True, False)):
+                return  # another process prepared it while this one waited
+            url, name, sha1 = _official_archive(dataset, root)
+            archive = root / name
+            if not (archive.is_file() and _sha1_file(archive) == sha1):
+                _fetch(url, archive, sha1)
+            _unpack(archive, root)
     except UserError:
         raise
     except Exception as e:  # requests', tarfile's and OS errors have no common base class
@@ -220,32 +275,138 @@ def _download(root: Path, dataset: str) -> None:
         ) from None
 
 
+def _sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, archive: Path, sha1: str) -> None:
+    import requests
+
+    from gluon_tricks.results import atomic_write_bytes
+
+    print(f"downloading {url} into {archive.parent}", flush=True)
+    with requests.get(url, stream=True, timeout=(DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT)) as r:
+        r.raise_for_status()
+        data = b"".join(r.iter_content(chunk_size=1 << 20))
+    if hashlib.sha1(data).hexdigest() != sha1:
+        raise ValueError(f"{archive.name} has the wrong SHA-1")
+    atomic_write_bytes(archive, data)
+
+
+def _unpack(archive: Path, root: Path) -> None:
+    """Extract into a temporary folder, then rename each top-level entry into `root`: a kill
+    mid-extraction leaves no partial file where the readers look."""
+    tmp = _fresh_temp(root / "unpacking")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        for entry in os.listdir(tmp):
+            target = root / entry
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # incomplete: the complete set was not found above
+            os.replace(tmp / entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _official_records(dataset: str, official: Path, name: str, n: int) -> bytes:
+    """The first `n` records of the official file `name` (binary format) in the official
+    folder `official`, from the binary file or, failing that, the python-format one."""
+    fmt = FORMAT_OF[dataset]
+    for sub in SUBDIRS[fmt]:
+        binary = official / sub / name
+        if binary.is_file():
+            with open(binary, "rb") as f:
+                return f.read(n * RECORD_BYTES[fmt])
+        python = official / sub / name[:-len(".bin")]
+        if python.is_file():
+            images, labels = read_python(python, fmt, fine_labels=True)
+            label_bytes = [labels[:n]]
+            if fmt == "cifar100":  # the binary record: coarse label byte, fine label byte, pixels
+                label_bytes.insert(0, read_python(python, fmt, fine_labels=False)[1][:n])
+            planar = images[:n].transpose(0, 3, 1, 2).reshape(-1, 3072)
+            return np.concatenate([np.stack(label_bytes, 1).astype(np.uint8), planar], axis=1).tobytes()
+    raise UserError(f"{official}: no official {name} (binary) or {name[:-4]} (python format) to cut {dataset} from")
+
+
+def cut_mini(dataset: str, official: Path, out: Path) -> None:
+    """Write `dataset`'s subset into `out` from the official files in `official`, checked
+    against the shipped SHA256SUMS before it appears (a temporary folder renamed into place)."""
+    tmp = _fresh_temp(out)
+    try:
+        for name, n in MINI_RECORDS[dataset].items():
+            records = _official_records(dataset, official, name, n)
+            if len(records) != n * RECORD_BYTES[FORMAT_OF[dataset]]:
+                raise UserError(f"{official}/{name} holds fewer than {n} records: not the official file")
+            (tmp / name).write_bytes(records)
+        for definition in MINI_DEFINITIONS[dataset].iterdir():  # README, SHA256SUMS, class names
+            if definition.is_file() and definition.name not in MINI_RECORDS[dataset]:
+                shutil.copyfile(definition, tmp / definition.name)
+        verify_checksums(tmp, dataset)
+        shutil.rmtree(out, ignore_errors=True)  # incomplete or damaged, or it would have been used
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_mini(dataset: str) -> Path:
+    """The folder holding a mini set (see `mini_roots`), cut from the official archive into
+    the cache when no folder has it yet; one line naming both ways to provide it when that fails."""
+    roots = mini_roots(dataset)
+    for root in roots:
+        if mini_present(root, dataset):
+            return root
+    cache, fmt = roots[-1], FORMAT_OF[dataset]
+    try:
+        with preparing(cache):
+            if not mini_present(cache, dataset):
+                official = mxnet_home() / "datasets" / fmt
+                if not all(_find_files(official, fmt, train) for train in (True, False)):
+                    _download(official, fmt)
+                cut_mini(dataset, official, cache)
+    except UserError as e:
+        where = f"$GLUON_TRICKS_DATA={shown(roots[0].parent)} has no {dataset}/" if len(roots) > 1 \
+            else "GLUON_TRICKS_DATA is not set"
+        raise UserError(
+            f"{dataset} is not on this machine ({where}) and cutting it from the official {fmt} archive "
+            f"failed ({e}); either set GLUON_TRICKS_DATA to a data directory holding {dataset}/ "
+            f"(README: data on an offline machine) or let gluon-tricks download the archive (needs internet)"
+        ) from None
+    return cache
+
+
 _VERIFIED: set = set()
 
 
-def verify_checksums(root: Path) -> None:
-    """Check every file a SHA256SUMS in `root` lists (once per file version and process)."""
+def verify_checksums(root: Path, dataset: str) -> None:
+    """Check a mini set's files in `root` against the shipped SHA256SUMS (once per file version
+    and process)."""
     from gluon_tricks.results import sha256_file
 
-    sums = root / "SHA256SUMS"
-    if not sums.is_file():
-        return
+    sums = MINI_DEFINITIONS[dataset] / "SHA256SUMS"
     for line in sums.read_text().splitlines():
         if not line.strip():
             continue
         digest, name = line.split(maxsplit=1)
-        path = root / name.lstrip("*")
+        name = name.lstrip("*")
+        if name not in MINI_RECORDS[dataset]:
+            continue  # the class names: definitions shipped with the project, not data
+        path = root / name
         try:
             st = path.stat()
         except OSError:
-            raise UserError(f"{path}: listed in {sums} but missing; reinstall gluon-tricks "
-                            "(or `git checkout` the folder)") from None
+            raise UserError(f"{shown(path)}: part of {dataset} but missing; copy the folder again, or delete "
+                            f"it to have it cut from the official archive") from None
         key = (str(path), st.st_size, st.st_mtime_ns, digest)
         if key in _VERIFIED:
             continue
         if sha256_file(path) != digest:
-            raise UserError(f"{path}: SHA-256 does not match {sums}; the copy is damaged: reinstall "
-                            "gluon-tricks (or `git checkout` the folder)")
+            raise UserError(f"{shown(path)}: SHA-256 does not match {dataset}'s SHA256SUMS; the copy is damaged "
+                            "or not the defined subset: copy it again, or delete it to have it cut afresh")
         _VERIFIED.add(key)
 
 
@@ -254,11 +415,13 @@ def load_cifar(dataset: str, root: str | Path = "", train: bool = True, fine_lab
     name = FORMAT_OF.get(dataset)
     if name is None:
         raise UserError(f"unknown CIFAR dataset {dataset!r}; use one of: {', '.join(FORMAT_OF)}")
-    root = Path(root) if root else default_root(dataset)
-    if dataset in MINI_ROOTS:
-        verify_checksums(root)
+    if dataset in MINI_RECORDS:
+        root = Path(root) if root else (ensure_mini(dataset) if download else default_root(dataset))
+        verify_checksums(root, dataset)
+    else:
+        root = Path(root) if root else default_root(dataset)
     found = _find_files(root, name, train)
-    if found is None and download and dataset not in MINI_ROOTS:
+    if found is None and download and dataset not in MINI_RECORDS:
         _download(root, name)
         found = _find_files(root, name, train)
     if found is None:
