@@ -60,3 +60,13 @@ def test_the_teacher_gets_the_images_in_its_own_dtype():
     DistillStep(teacher, 20.0, 0.5, "float16")(net, xs, ys)
     DistillStep(teacher, 20.0, 0.5)(net, xs, ys)
     assert seen == [np.dtype("float16"), np.dtype("float32")]
+
+
+def test_images_already_in_the_teacher_dtype_are_not_copied():
+    """NDArray.dtype is a numpy type (np.float16), not a string: the comparison must be by dtype,
+    or every batch is copied with astype before the teacher's forward."""
+    step = DistillStep(teacher=None, temperature=1.0, soft_weight=0.5, teacher_dtype="float16")
+    x = mx.nd.zeros((2, 3, 4, 4), dtype="float16")
+    assert step.teacher_input(x) is x
+    y = mx.nd.zeros((2, 3, 4, 4), dtype="float32")
+    assert step.teacher_input(y).dtype == np.float16

@@ -87,7 +87,7 @@ class DistillStep:
             scale, shift = self._on_device[key]
             x = nd.broadcast_add(nd.broadcast_mul(x, scale), shift)
         dtype = self.teacher_dtype
-        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+        return x if dtype is None or np.dtype(x.dtype) == np.dtype(dtype) else x.astype(dtype)
 
     def teacher_logits(self, xs) -> list:
         return [self.teacher(self.teacher_input(x)) for x in xs]
