@@ -77,6 +77,8 @@ def provenance(contexts) -> dict:
             pass
     hardware = {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
                 "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a --parallel row's GPUs: its gpu(0) is the first of these
+        hardware["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return {"versions": versions, "hardware": hardware}
 
 

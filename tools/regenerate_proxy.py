@@ -35,12 +35,12 @@ def gluon_tricks(*args: str) -> None:
 def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
     from gluon_tricks.paths import recipes_root
     from gluon_tricks.engine import train
-    from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, with_changes
+    from gluon_tricks.recipe import load_recipe, scale_epochs, with_changes
     from gluon_tricks.results import RunDir, find_result, run_dir_for
-    from gluon_tricks.tables import load_table, row_recipes
+    from gluon_tricks.tables import load_table, row_recipes, run_hash
 
     def run(recipe) -> Path:
-        h = content_hash(recipe)
+        h = run_hash(recipe)  # the hash train() gives it on these devices
         found = find_result(h, runs)
         if found:
             return found[0]
