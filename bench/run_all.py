@@ -10,7 +10,8 @@ from pathlib import Path
 from common import TABLE_HEAD, format_row
 
 HERE = Path(__file__).parent
-BENCHES = ["input_pipeline.py", "train_step.py", "tricks_overhead.py", "recordio.py", "image_folder.py"]
+BENCHES = ["input_pipeline.py", "train_step.py", "tricks_overhead.py", "recordio.py", "image_folder.py",
+           "parallel_table.py"]
 
 
 def main() -> int:

@@ -33,14 +33,15 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from gluon_tricks.recipe import content_hash, explicit_keys, load_recipe, run_warnings
+    from gluon_tricks.recipe import explicit_keys, load_recipe, run_warnings
     from gluon_tricks.results import run_dir_for
+    from gluon_tricks.tables import run_hash  # with the BatchNorm group these devices give
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, _overrides(args))
     for warning in run_warnings(recipe, explicit_keys(path, _overrides(args))):
         print(f"gluon-tricks: warning: {shown(warning)}", file=sys.stderr)
-    out = Path(args.out) if args.out else run_dir_for(recipe.name, content_hash(recipe), args.runs)
+    out = Path(args.out) if args.out else run_dir_for(recipe.name, run_hash(recipe), args.runs)
     from gluon_tricks.engine import train
 
     result = train(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
@@ -99,7 +100,8 @@ def cmd_table(args) -> int:
                   overrides=_overrides(args), progress=not args.quiet, parallel=args.parallel,
                   missing_inputs=missing_inputs)
     print(shown_lines(render(table, fmt=args.format, seeds=args.seeds, epochs_scale=args.epochs_scale,
-                             runs_root=args.runs, overrides=_overrides(args))))
+                             runs_root=args.runs, overrides=_overrides(args),
+                             parallel=args.parallel)))
     return 0
 
 
@@ -203,8 +205,13 @@ def cmd_check_records(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from gluon_tricks.doctor import run
+    from gluon_tricks.doctor import layout_lines, run
 
+    if args.table:  # what each row of one table runs on here, not the whole machine check
+        lines = layout_lines(args.table, _overrides(args))
+        for line in lines:
+            print(line)
+        return 1 if any(line.status == "FAIL" for line in lines) else 0
     return run()
 
 
@@ -308,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     dr = sub.add_parser("doctor", help="check this machine: packages, MXNet build, CUDA libraries, GPUs, data, disk")
+    dr.add_argument("--table", metavar="NAME", help="only: the devices and per-device batch each row of table "
+                    "NAME gets on this machine, against its paper's")
+    dr.add_argument("--ctx", help="with --table: the --ctx you will train with (default: auto)")
+    dr.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --table: a --set you will train with")
     dr.set_defaults(func=cmd_doctor)
 
     r = sub.add_parser("recipes", help="list the shipped recipes (--show NAME: one, resolved, with its hash)")
@@ -326,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--epochs-scale", type=positive_float, default=1.0, help="shorten every row's epochs by this factor")
     tb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
     tb.add_argument("--parallel", type=int, nargs="?", const=0, default=None, metavar="N",
-                    help="with --run: N rows at once, each on one device of --ctx (no N: one row per device)")
+                    help="with --run: N rows at once, each on its paper's device count of --ctx (one for a "
+                         "CIFAR row) as its only visible GPUs (no N: as many rows as the devices hold)")
     common(tb)
     tb.set_defaults(func=cmd_table)
 

@@ -8,15 +8,20 @@ from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
+from mxnet import gluon
 
 from gluon_tricks.errors import UserError
 
 
-def parse_ctx(text: str) -> list[mx.Context]:
+def parse_ctx(text: str, auto_limit: int | None = None) -> list[mx.Context]:
     """`auto`, `cpu`, `cpu:0,cpu:1`, `gpu:0,gpu:1` or `gpu:0-7` -> contexts; GPUs must exist.
-    `auto` is every GPU MXNet sees, or the CPU when it sees none (the CPU wheel, no driver)."""
+    `auto` is every GPU MXNet sees, at most `auto_limit` of them (a recipe's source.devices:
+    a row its paper trained on one GPU gets one, whatever the machine has), or the CPU when
+    MXNet sees none (the CPU wheel, no driver)."""
     if text.strip() == "auto":
         gpus = mx.context.num_gpus()
+        if auto_limit is not None:
+            gpus = min(gpus, auto_limit)
         return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
     out = []
     for part in text.replace(" ", "").split(","):
@@ -61,8 +66,12 @@ def make_dist(kvstore_name: str) -> Dist:
 def check_even_split(batch_size: int, workers: int, devices: int) -> None:
     """The global batch must split into equal shares, one per device of every worker."""
     if (workers > 1 or devices > 1) and batch_size % (workers * devices):
+        # Test batches split unevenly (eval_split); a training batch does not: every device's
+        # gradient enters each update, and the BatchNorm group is part of a run's identity.
+        fits = max((d for d in range(1, devices + 1) if batch_size % (workers * d) == 0), default=1)
         raise UserError(f"data.batch_size {batch_size} does not split evenly over "
-                        f"{workers} worker(s) x {devices} device(s)")
+                        f"{workers} worker(s) x {devices} device(s); train on {fits} device(s) per worker "
+                        f"(e.g. --ctx gpu:0{f'-{fits - 1}' if fits > 1 else ''}) or choose a batch they divide")
 
 
 def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:
@@ -77,6 +86,92 @@ def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int
                         f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
                         f"device(s)); use a divisor such as {divisor}")
     return per_device // device_batch
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run spreads its global batch: over `workers` x `devices` devices, each device in
+    `accumulation` passes per optimizer step. The images of one pass are what BatchNorm
+    normalizes over (its group), so the layout is part of what a run trains (recipe.identity)."""
+    batch_size: int
+    workers: int
+    devices: int  # per worker
+    accumulation: int = 1
+
+    @property
+    def device_batch(self) -> int:
+        """Images each device gets per optimizer step."""
+        return self.batch_size // (self.workers * self.devices)
+
+    @property
+    def bn_group(self) -> int:
+        """Images in one forward pass of one device: BatchNorm's batch statistics."""
+        return self.device_batch // self.accumulation
+
+    def as_dict(self) -> dict:
+        return {"workers": self.workers, "devices": self.devices, "device_batch": self.device_batch,
+                "accumulation": self.accumulation, "bn_group": self.bn_group}
+
+
+def plan_layout(batch_size: int, workers: int, devices: int, device_batch_cap: int) -> Layout:
+    """The layout a run takes (system.device_batch caps the images of one pass)."""
+    check_even_split(batch_size, workers, devices)
+    return Layout(batch_size, workers, devices, micro_batches(batch_size, workers, devices, device_batch_cap))
+
+
+def planned_layout(recipe, devices: int | None = None, workers: int = 1) -> Layout:
+    """The layout `engine.train` gives `recipe` on this machine: its system.ctx resolved (auto:
+    up to source.devices GPUs), or `devices` per worker when the caller decides (a `--parallel`
+    row's share). Tables find results by the hash this implies before training them."""
+    if devices is None:
+        devices = len(parse_ctx(recipe.system.ctx, auto_limit=recipe.source.devices))
+    return plan_layout(recipe.data.batch_size, workers, devices, recipe.system.device_batch)
+
+
+# How MXNet 1.9.1 reports an allocation it could not make, at the first host read after it
+# (its engine runs ahead): src/storage/pooled_storage_manager.h logs "Memory allocation failed "
+# followed by cudaGetErrorString(cudaErrorMemoryAllocation), i.e. "out of memory" (1.5-1.7:
+# "cudaMalloc retry failed: out of memory"); cuDNN and cuBLAS workspaces fail as *_ALLOC_FAILED.
+OUT_OF_MEMORY = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, mx.base.MXNetError) and any(m in str(error) for m in OUT_OF_MEMORY)
+
+
+def smaller_device_batch(layout: Layout, source_bn_group: float) -> int | None:
+    """A system.device_batch that should fit where `layout` did not: the source's BatchNorm
+    group when it is smaller and divides the device's share (it keeps the row faithful),
+    else the largest divisor of the share at most half the images per pass (activations
+    grow about linearly with them: an estimate, not a measurement). None: one image per
+    pass already."""
+    if source_bn_group < layout.bn_group and source_bn_group == int(source_bn_group) \
+            and layout.device_batch % int(source_bn_group) == 0:
+        return int(source_bn_group)
+    return next((d for d in range(layout.bn_group // 2, 0, -1) if layout.device_batch % d == 0), None)
+
+
+def out_of_memory_message(contexts, layout: Layout, source_bn_group: float) -> str:
+    where = str(contexts[0]) if len(contexts) == 1 else f"one of {', '.join(map(str, contexts))}"
+    said = (f"out of memory on {where} at {layout.bn_group} images per pass "
+            f"({layout.device_batch} per device and step, {layout.accumulation} pass(es))")
+    fit = smaller_device_batch(layout, source_bn_group)
+    if fit is None:
+        return f"{said}: even one image per pass does not fit; use a smaller model or a GPU with more memory"
+    faithful = " (the paper's BatchNorm group)" if fit == source_bn_group else \
+        " (an estimate: about half the activation memory; halve again if it still does not fit)"
+    return f"{said}; try --set system.device_batch={fit}{faithful}, or more GPUs"
+
+
+def eval_split(x, y, contexts) -> list[tuple]:
+    """A test batch cut into one (images, labels) slice per device, never an empty one: a last
+    batch smaller than the device count (Food-101's 5,250 test images at batch 32 leave 2)
+    goes to its first len(x) devices. Each image is scored once wherever it lands, so the
+    accuracy does not depend on the split."""
+    used = contexts[:max(1, min(len(contexts), x.shape[0]))]
+    xs = gluon.utils.split_and_load(x, used, even_split=False)
+    ys = gluon.utils.split_and_load(y, used, even_split=False)
+    return list(zip(xs, ys))
 
 
 def micro_slice(array, part: int, parts: int):

@@ -394,6 +394,44 @@ def table_lines(root: Path | None = None) -> list[Line]:
     return lines
 
 
+def layout_lines(name: str, overrides=(), root: Path | None = None) -> list[Line]:
+    """Per row of table `name`: the devices and images per pass (BatchNorm group) a run gets on
+    this machine with these overrides (--ctx, --set), against its paper's; WARN where they
+    differ (another training, another result), with the setting that restores the paper's."""
+    from gluon_tricks.devices import planned_layout
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.recipe import source_bn_group
+    from gluon_tricks.tables import load_table, row_recipes
+
+    table = load_table(root or recipes_root(), name)
+    lines = []
+    for row in table.rows:
+        recipes = row_recipes(row, 1, 1.0, overrides)
+        if not recipes:
+            continue
+        recipe = recipes[0]
+        paper = source_bn_group(recipe)
+        paper_text = f"paper {recipe.source.devices} x {paper:g}"
+        try:
+            layout = planned_layout(recipe)
+        except UserError as e:
+            lines.append(Line("FAIL", f"{name} {row.label!r}: {e}"))
+            continue
+        text = (f"{name} {row.label!r}: {layout.devices} device(s) x {layout.device_batch} images"
+                + (f" in {layout.accumulation} passes of {layout.bn_group}" if layout.accumulation > 1 else "")
+                + f" ({paper_text})")
+        if layout.bn_group == paper:
+            lines.append(Line("OK", text))
+            continue
+        if paper < layout.bn_group and paper == int(paper) and layout.device_batch % int(paper) == 0:
+            fix = f"--set system.device_batch={int(paper):d} keeps the paper's BatchNorm group"
+        else:
+            n = recipe.source.devices
+            fix = f"--ctx {'gpu:0' if n == 1 else f'gpu:0-{n - 1}'} (or auto) keeps the paper's BatchNorm group"
+        lines.append(Line("WARN", text + f": BN group {layout.bn_group}, another result than the paper's", fix))
+    return lines
+
+
 def disk_lines(paths=None, warn_gb: float = 20.0, fail_gb: float = 1.0) -> list[Line]:
     """Free space where runs and MXNET_HOME live, and whether a file can be created there: a
     read-only mount with 73 GB free was 'OK' (probe 3.7)."""

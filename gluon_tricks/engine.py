@@ -34,9 +34,9 @@ from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
 from gluon_tricks.checkpoints import check_trainer_states
-from gluon_tricks.devices import (Dist, HostReads, check_even_split, gather, make_dist, micro_batches, micro_slice,
-                                  parse_ctx)
-from gluon_tricks.errors import DivergenceError, Interrupted, UserError
+from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, is_out_of_memory, make_dist, micro_slice,
+                                  out_of_memory_message, parse_ctx, plan_layout)
+from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, provenance
@@ -66,38 +66,49 @@ def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
 def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) -> dict:
     setup = _setup(recipe, run_dir, resume, overwrite, progress)
     try:
-        position, trainer = _restore(setup, resume)
-        if setup.dist.is_chief:
-            setup.run.truncate_metrics(position.epoch)
-        if setup.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
-            print(f"devices: {', '.join(map(str, setup.contexts))} (--ctx auto: every GPU MXNet sees, else the CPU)",
-                  file=sys.stderr, flush=True)
-        with StopFlag(max_steps) as stop:
-            for epoch in range(position.epoch, recipe.epochs):
-                row = _train_epoch(setup, trainer, position, epoch, stop)
-                if row["top1"] is not None and row["top1"] > position.best["top1"]:
-                    position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
-                position.next_epoch()
-                if setup.dist.is_chief:
-                    setup.run.append_metrics(row)
-                    _save(setup, trainer, position)
-                setup.progress.end(row)
-        rows = setup.run.read_metrics() if setup.dist.is_chief else []
-        if setup.dist.is_chief:
-            _check_final_row(rows, recipe.epochs, setup.run)
-        result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
-                            setup.train_images, len(setup.test_stream))
-        result.update(teacher_scores(setup))
-        result.update(provenance(setup.contexts))
-        result["segments"] = position.segments
-        if setup.dist.is_chief:
-            setup.run.write_result(result)
-        if params_out is not None:
-            Path(params_out).mkdir(parents=True, exist_ok=True)
-            setup.net.save_parameters(str(Path(params_out) / f"worker{setup.dist.rank}.params"))
-        return result
+        return _train_set_up(setup, recipe, resume, max_steps, params_out)
+    except mx.base.MXNetError as e:
+        if is_out_of_memory(e):  # a one-line fix instead of MXNet's multi-line report
+            raise OutOfMemory(out_of_memory_message(setup.contexts, setup.layout,
+                                                    recipe_mod.source_bn_group(recipe))) from None
+        raise
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         setup.run.unlock()
+
+
+def _train_set_up(setup, recipe, resume, max_steps, params_out) -> dict:
+    """Train a set-up run to its end: epochs, checkpoints, the result."""
+    position, trainer = _restore(setup, resume)
+    if setup.dist.is_chief:
+        setup.run.truncate_metrics(position.epoch)
+    if setup.progress.enabled and recipe.system.ctx.strip() == "auto":  # no silent CPU run on a GPU machine
+        print(f"devices: {', '.join(map(str, setup.contexts))} (--ctx auto: up to source.devices = "
+              f"{recipe.source.devices} GPU(s), else the CPU)", file=sys.stderr, flush=True)
+    with StopFlag(max_steps) as stop:
+        for epoch in range(position.epoch, recipe.epochs):
+            row = _train_epoch(setup, trainer, position, epoch, stop)
+            if row["top1"] is not None and row["top1"] > position.best["top1"]:
+                position.best = {"top1": row["top1"], "top5": row["top5"], "epoch": epoch}
+            position.next_epoch()
+            if setup.dist.is_chief:
+                setup.run.append_metrics(row)
+                _save(setup, trainer, position)
+            setup.progress.end(row)
+    rows = setup.run.read_metrics() if setup.dist.is_chief else []
+    if setup.dist.is_chief:
+        _check_final_row(rows, recipe.epochs, setup.run)
+    result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
+                        setup.train_images, len(setup.test_stream))
+    result.update(teacher_scores(setup))
+    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=recipe_mod.source_bn_group(recipe))
+    result.update(provenance(setup.contexts))
+    result["segments"] = position.segments
+    if setup.dist.is_chief:
+        setup.run.write_result(result)
+    if params_out is not None:
+        Path(params_out).mkdir(parents=True, exist_ok=True)
+        setup.net.save_parameters(str(Path(params_out) / f"worker{setup.dist.rank}.params"))
+    return result
 
 
 def teacher_scores(setup: Setup) -> dict:
@@ -129,7 +140,7 @@ class Setup:
     mixer: Mixer
     scaler: LossScaler
     progress: Progress
-    micro_batches: int = 1  # passes per device and optimizer step (system.device_batch)
+    layout: Layout  # devices and passes per device (system.device_batch) of each optimizer step
     host_reads: HostReads = field(default_factory=HostReads)  # this run's device-to-host reads
 
     @property
@@ -139,7 +150,7 @@ class Setup:
 
 def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool) -> Setup:
     """Check every input (devices, data, model, teacher), then prepare the run directory."""
-    contexts = parse_ctx(recipe.system.ctx)
+    contexts = parse_ctx(recipe.system.ctx, auto_limit=recipe.source.devices)
     check_dtype(recipe.model.dtype, contexts)
     if recipe.optim.loss_scale == "dynamic" and recipe.system.kvstore.startswith("dist"):
         raise UserError("optim.loss_scale = \"dynamic\" cannot run with a distributed kvstore (the parameter "
@@ -147,17 +158,16 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
                         "scale such as \"1024\" (docs/gpu.md)")
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
-    recipe_hash = recipe_mod.content_hash(recipe)
 
     streams = make_streams(recipe, dist.rank, dist.workers, contexts)
     classes = streams.classes
-    check_even_split(recipe.data.batch_size, dist.workers, len(contexts))
+    layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
+    recipe_hash = recipe_mod.content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 
-    micro = micro_batches(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     net = build_model(recipe, classes, contexts)
-    if micro > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
+    if layout.accumulation > 1:  # the micro-batches' gradients add up; zeroed after each optimizer step
         for p in net.collect_params().values():
             if p.grad_req != "null":
                 p.grad_req = "add"
@@ -180,7 +190,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
 
     return Setup(recipe, run, recipe_hash, contexts, dist, net, streams.train, streams.test, classes,
                  streams.train_images, step_loss, Mixer(recipe.mixup, recipe.epochs),
-                 LossScaler(recipe.optim.loss_scale), Progress(progress and dist.is_chief, recipe.epochs), micro)
+                 LossScaler(recipe.optim.loss_scale), Progress(progress and dist.is_chief, recipe.epochs), layout)
 
 
 @dataclass
@@ -376,7 +386,7 @@ def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list
     images, targets = setup.mixer.mix(images, targets, epoch, step_rng(recipe.seed, epoch, step, RNG_MIX))
     if recipe.model.dtype != "float32":
         images = [xd.astype(recipe.model.dtype) for xd in images]
-    parts = setup.micro_batches
+    parts = setup.layout.accumulation
     for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
         xs, ys = (images, targets) if parts == 1 else \
             ([micro_slice(a, part, parts) for a in images], [micro_slice(a, part, parts) for a in targets])
@@ -437,9 +447,7 @@ def evaluate(net, test_stream, contexts, dtype: str, read) -> tuple[float, float
     n = 0
     for x, y in test_stream.batches():
         n += len(y)
-        xs = gluon.utils.split_and_load(x, contexts, even_split=False)
-        ys = gluon.utils.split_and_load(np.asarray(y, dtype=np.float32), contexts, even_split=False)
-        for i, (xd, yd) in enumerate(zip(xs, ys)):
+        for i, (xd, yd) in enumerate(eval_split(x, np.asarray(y, dtype=np.float32), contexts)):
             out = net(xd.astype(dtype) if dtype != "float32" else xd).astype("float32")
             k = min(5, out.shape[1])
             top = mx.nd.topk(out, k=k, axis=1)  # (n, k) class indices, best first

@@ -10,6 +10,11 @@ class DivergenceError(UserError):
     """The loss became NaN or Inf; raised after the last good checkpoint is safe."""
 
 
+class OutOfMemory(UserError):
+    """A device ran out of memory during a run; the message names the device, its images per
+    pass and a system.device_batch to try. Earlier checkpoints are intact."""
+
+
 class Interrupted(UserError):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
 

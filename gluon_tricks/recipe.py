@@ -141,6 +141,15 @@ class DistillSpec:
 
 
 @dataclass(frozen=True)
+class SourceSpec:
+    """How the recipe's source (the paper's code) ran it: a fact to compare a run against, not
+    a knob. Its devices split data.batch_size evenly, so each device's BatchNorm normalized over
+    batch_size / devices images: the follow-up, the Food-101 tutorial and the teachers ran on one
+    GPU (the whole batch), Bag of Tricks on 8 V100s (256 -> 32, 1024 -> 128 per GPU)."""
+    devices: int = 1  # GPUs x machines
+
+
+@dataclass(frozen=True)
 class SystemSpec:
     """How and where to run: never part of a result's identity (see `content_hash`)."""
     ctx: str = "auto"  # auto (every GPU MXNet sees, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
@@ -168,6 +177,7 @@ class Recipe:
     smoothing: SmoothingSpec = field(default_factory=SmoothingSpec)
     mixup: MixupSpec = field(default_factory=MixupSpec)
     distill: DistillSpec = field(default_factory=DistillSpec)
+    source: SourceSpec = field(default_factory=SourceSpec)
     system: SystemSpec = field(default_factory=SystemSpec)
 
     def to_dict(self) -> dict:
@@ -247,8 +257,9 @@ def _out_of_range(r: "Recipe") -> list[str]:
 
 ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
 MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
-# Sections that say how to run, not what to compute.
-NOT_IDENTITY = {"name", "description", "system"}
+# Sections that say how to run, not what to compute; `source` enters a run's identity only
+# through the BatchNorm group it implies (see `content_hash`).
+NOT_IDENTITY = {"name", "description", "system", "source"}
 
 
 def _sections() -> dict[str, type]:
@@ -364,6 +375,8 @@ def _check_semantics(r: Recipe, source: str) -> None:
                 raise ValueError
         except ValueError:
             problems.append("optim.loss_scale must be none, dynamic or a positive number such as \"128\"")
+    if r.source.devices < 1:
+        problems.append("source.devices must be at least 1 (the GPUs the paper's code split the batch over)")
     if r.system.device_batch < 0:
         problems.append("system.device_batch must be >= 0 (0: no cap)")
     if r.optim.lr < 0 or r.optim.wd < 0:
@@ -723,11 +736,27 @@ def identity(recipe: Recipe) -> dict:
     return out
 
 
-def content_hash(recipe: Recipe) -> str:
+def source_bn_group(recipe: Recipe) -> float:
+    """Images per BatchNorm group in the recipe's source: its batch over its devices."""
+    return recipe.data.batch_size / recipe.source.devices
+
+
+def content_hash(recipe: Recipe, bn_group: int | None = None) -> str:
     """Results are found by this hash: renaming a file keeps its result, and any
     change of a hyperparameter the training uses gives a new hash, so a stale result
-    is never reused."""
-    blob = json.dumps(identity(recipe), sort_keys=True, separators=(",", ":"))
+    is never reused.
+
+    `bn_group` is the images one device's forward pass (its BatchNorm) sees in the run
+    (devices.Layout): when it differs from the source's (`source_bn_group`), e.g. a follow-up
+    row spread over 8 GPUs (32 instead of 256), the run is another training and gets
+    another hash. A faithful run (or None: the recipe as its source ran it) keeps the hash
+    the recipe had before layouts were part of identity, so committed results stay found.
+    One consequence: two recipes that differ only in source.devices share the hash of their
+    faithful runs; source.devices is a fact about a paper, set once per paper."""
+    values = identity(recipe)
+    if bn_group is not None and bn_group != source_bn_group(recipe):
+        values["bn_group"] = bn_group
+    blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -44,6 +44,14 @@ def _diff(ours, paper) -> str:
     return "" if ours is None or not isinstance(paper, float) else f"{ours - paper:+.2f}"
 
 
+def bn_group_text(r: dict) -> str:
+    """"BN group 32, paper 256" for a row whose runs normalize over other groups than its paper."""
+    if not r.get("bn_group"):
+        return ""
+    ours, paper = r["bn_group"]
+    return f"BN group {ours}, paper {paper:g}"
+
+
 def row_differences(table: Table, rows: list[dict]) -> list[dict | None]:
     """Per row of `collect`: None (no reference row), else {"reference": its label, "difference":
     the Welch `Difference` of this row's seeds' top-1 from the reference's, or None when either
@@ -100,8 +108,10 @@ def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list
     head = ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5", "s/epoch"]
     body = []
     for r in rows:
+        group = bn_group_text(r)
         body.append([
-            r["label"], "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], seeds, r["listed"]),
+            r["label"] + (f" ({group})" if group else ""),
+            "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], seeds, r["listed"]),
             _paper(r, "top1"), _diff(r["top1"], r.get("paper_top1")),
             "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"], seeds, r["listed"]),
             _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
@@ -124,7 +134,8 @@ def _data_cells(rows: list[dict], differences: list) -> tuple[list, list]:
     head += ["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []
     data = []
     for i, r in enumerate(rows):
-        note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", r["note"]) if x)
+        note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", bn_group_text(r), r["note"])
+                         if x)
         extra = []
         if differences:
             d = differences[i]
@@ -198,11 +209,11 @@ FORMATTERS = {"md": _markdown, "csv": _csv, "latex": _latex}
 
 
 def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
-           overrides=(), rows: list[dict] | None = None) -> str:
+           overrides=(), parallel: int | None = None, rows: list[dict] | None = None) -> str:
     """The table in `fmt` (a key of FORMATTERS); `rows`: `collect`'s, when the caller has them already."""
     seeds = seeds or table.seeds
     if rows is None:
-        rows = collect(table, seeds, epochs_scale, runs_root, overrides)
+        rows = collect(table, seeds, epochs_scale, runs_root, overrides, parallel)
     return FORMATTERS[fmt](sheet(table, rows, seeds, epochs_scale))
 
 

@@ -60,6 +60,8 @@ def provenance(contexts) -> dict:
             pass
     hardware = {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
                 "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a --parallel row's GPUs: its gpu(0) is the first of these
+        hardware["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return {"versions": versions, "hardware": hardware}
 
 
@@ -294,6 +296,23 @@ class RunDir(RunCheckpoints):
 
     def write_result(self, result: dict) -> None:
         atomic_write_json(self.result_file, result)
+
+
+def copy_record(run_dir: Path, results_root: Path) -> Path:
+    """A finished run's files (RUN_FILES: its record, not its checkpoints) into
+    results_root/<its directory name>/, where a fresh clone finds them (committed_results_root).
+    An older copy of the same run is replaced as a whole: the copy is made in a temporary folder
+    and renamed into place, so a kill leaves the old copy or the new one, never half of one."""
+    run_dir, results_root = Path(run_dir), Path(results_root)
+    out, tmp = results_root / run_dir.name, results_root / f".{run_dir.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RUN_FILES:
+        shutil.copy2(run_dir / name, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
 
 def find_result(recipe_hash: str, root: Path | None = None) -> tuple[Path, dict] | None:
     """The finished run of a recipe, wherever its directory is named: in the runs root first,

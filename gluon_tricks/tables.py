@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gluon_tricks.errors import UserError, shown
-from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs
+from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, source_bn_group
 from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
@@ -217,15 +217,38 @@ def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list
             for i in range(seeds)]
 
 
+def run_hash(recipe, devices: int | None = None) -> str:
+    """The hash a run of `recipe` gets here: with the BatchNorm group of its layout on this
+    machine (its --ctx, or `devices` for a --parallel row), so a faithful row finds the
+    faithful result and a row on other devices its own (recipe.content_hash)."""
+    from gluon_tricks.devices import planned_layout
+
+    return content_hash(recipe, planned_layout(recipe, devices).bn_group)
+
+
+def parallel_slots(table: Table, parallel: int | None, epochs_scale: float = 1.0, overrides=()):
+    """`--parallel`'s device groups (runner.row_slots), sized by the table's first row: None
+    without --parallel (each row on its recipe's own devices, one row at a time)."""
+    from gluon_tricks.runner import all_devices, row_slots
+
+    if parallel is None:
+        return None
+    first = next((r for row in table.rows for r in row_recipes(row, 1, epochs_scale, overrides)), None)
+    if first is None:
+        return None
+    return row_slots(all_devices(first.system.ctx), first.source.devices, parallel)
+
+
 def pending_runs(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
-                 overrides=()) -> list[PendingRun]:
-    """The runs of the table's rows (and seeds) that have no result yet, each recipe once."""
+                 overrides=(), devices: int | None = None) -> list[PendingRun]:
+    """The runs of the table's rows (and seeds) that have no result yet, each recipe once;
+    `devices`: each run's device count when --parallel decides it."""
     from gluon_tricks.results import RunDir, find_result, run_dir_for
 
     pending: list[PendingRun] = []
     for row in table.rows:
         for recipe in row_recipes(row, seeds or table.seeds, epochs_scale, overrides):
-            h = content_hash(recipe)
+            h = run_hash(recipe, devices)
             if find_result(h, runs_root) is not None or any(p.recipe_hash == h for p in pending):
                 continue  # finished (perhaps as another row or table: same recipe, same result)
             out = run_dir_for(recipe.name, h, runs_root)
@@ -240,19 +263,23 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
 
     Each row trains in its own process, so a finished row's memory (16 GB V100s hold one
     ImageNet row, not two) is back before the next starts. `parallel=None` trains the rows
-    one after another, each on all of the recipe's (or --ctx's) devices. `parallel=N`
-    trains N rows at once, each on ONE of those devices (0: one row per device): eight
-    CIFAR rows on a p3.16xlarge at once keep the follow-up's single-GPU BatchNorm batch and
-    beat one row on eight GPUs. Results are found by content hash, and the device is not
-    part of it, so both ways give the same rows. `in_process` trains here instead (for a
-    debugger); finished rows are then released by garbage collection only.
+    one after another, each on the recipe's (or --ctx's) devices; `--ctx auto` gives a row
+    at most its source.devices GPUs, so a follow-up row trains on one GPU of eight, as its
+    paper did. `parallel=N` trains N rows at once (0: as many as the devices hold), each on
+    source.devices of them (one for a CIFAR row) with those as its only visible GPUs: eight
+    follow-up rows on a p3.16xlarge at once. Results are found by content hash, which
+    includes the BatchNorm group only where it differs from the paper's, so both ways give
+    the same rows. `in_process` trains here instead (for a debugger); finished rows are then
+    released by garbage collection only.
 
     `missing_inputs(recipes)` lists what the pending runs need and lack (doctor.missing_inputs):
     the table is refused before anything trains, not when the row that needs it starts, hours
     later (probe 1.14)."""
     if table.out_of_scope:
         raise UserError(f"table {table.name} is out of scope ({table.out_of_scope}): it lists the paper's numbers only")
-    pending = pending_runs(table, seeds, epochs_scale, runs_root, overrides)
+    slots = None if in_process else parallel_slots(table, parallel, epochs_scale, overrides)
+    pending = pending_runs(table, seeds, epochs_scale, runs_root, overrides,
+                           devices=len(slots[0].devices) if slots else None)
     if not pending:
         return
     missing = missing_inputs([p.recipe for p in pending]) if missing_inputs else []
@@ -262,7 +289,7 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     if in_process:
         train_in_process(table.name, pending, progress)
     else:
-        train_in_processes(table.name, pending, progress, parallel)
+        train_in_processes(table.name, pending, progress, slots)
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:
@@ -271,18 +298,33 @@ def _stat(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _bn_group(recipe, devices: int | None) -> int | None:
+    """The BatchNorm group a run of `recipe` has here; None when its --ctx names devices this
+    machine lacks (a table printed on a laptop with --ctx gpu:0-7): then the paper's."""
+    from gluon_tricks.devices import planned_layout
+
+    try:
+        return planned_layout(recipe, devices).bn_group
+    except UserError:
+        return None
+
+
 def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
-            overrides=()) -> list[dict]:
-    """One dict per row: ours (mean/std over the seeds that have results) and the paper's."""
+            overrides=(), parallel: int | None = None) -> list[dict]:
+    """One dict per row: ours (mean/std over the seeds that have results) and the paper's;
+    ours are the runs with the BatchNorm group this machine (and --ctx, --parallel) gives."""
     from gluon_tricks.results import RunDir, lookup_result
 
     seeds = seeds or table.seeds
+    slots = parallel_slots(table, parallel, epochs_scale, overrides)
+    devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, missing, distill = [], [], [], [], None
+        results, runs, hashes, missing, groups, distill = [], [], [], [], [], None
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             distill = recipe.distill
-            hashes.append(content_hash(recipe))
+            groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
+            hashes.append(content_hash(recipe, groups[-1][0]))
             path, result, problem = lookup_result(hashes[-1], runs_root)
             if result is not None:
                 runs.append(path)
@@ -306,6 +348,8 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             "provenance": row.provenance,
             "listed": row.listed,
             "hashes": hashes,
+            # (ours, the paper's) images per BatchNorm group, where they differ
+            "bn_group": next(((ours, paper) for ours, paper in groups if ours is not None and ours != paper), None),
             "recipe": str(row.recipe_path) if row.recipe_path else "",
             "metrics": [RunDir(p).read_metrics(warn=True) for p in runs],
             "missing": missing,  # one line per seed without a usable result

@@ -135,6 +135,7 @@ PINNED_DEFAULTS = {
               "off_last_epochs": 0},
     "distill": {"teacher": "", "teacher_model": "", "teacher_recipe": "", "temperature": 20.0, "soft_weight": 0.5,
                 "teacher_mean": [], "teacher_std": [], "teacher_dtype": ""},
+    "source": {"devices": 1},  # the follow-up's one GPU: the whole batch is one BatchNorm group
 }
 
 

@@ -186,17 +186,19 @@ def test_a_resume_with_other_system_settings_is_recorded_per_segment(tmp_path, m
     from gluon_tricks.errors import Interrupted
     from gluon_tricks.recipe import recipe_from_dict
 
-    # probe 2.10: resumed with another device_batch, recipe.toml was rewritten as if the whole run used it
+    # probe 2.10: resumed with another device_batch, recipe.toml was rewritten as if the whole run used it.
+    # One device in passes of 4, then two devices of 4 each: the same BatchNorm group of 4, so the
+    # same run (another group would be another run's identity: tests/test_devices.py)
     seams.linear_zoo(monkeypatch)
-    first = seams.tiny(epochs=2, images=32, batch=8)
-    second = seams.tiny(epochs=2, images=32, batch=8, system={"device_batch": 4})
+    first = seams.tiny(epochs=2, images=32, batch=8, system={"ctx": "cpu", "device_batch": 4})
+    second = seams.tiny(epochs=2, images=32, batch=8, system={"ctx": "cpu:0,cpu:1"})
     run = tmp_path / "run"
     with pytest.raises(Interrupted):
         train(recipe_from_dict(first), run, progress=False, max_steps=5)  # epoch 1 done, 1 step into epoch 2
     result = train(recipe_from_dict(second), run, resume=True, progress=False)
     recorded = tomllib.loads((run / "recipe.toml").read_text())
-    assert recorded["system"]["device_batch"] == 0  # what the run started with
+    assert recorded["system"]["device_batch"] == 4  # what the run started with
     segments = json.loads((run / "result.json").read_text())["segments"]
     assert segments == result["segments"]
-    assert [(s["from_epoch"], s["from_step"], s["system"]["device_batch"]) for s in segments] == [(0, 0, 0), (1, 1, 4)]
-    assert segments[1]["devices"] == ["cpu(0)"]
+    assert [(s["from_epoch"], s["from_step"], s["system"]["device_batch"]) for s in segments] == [(0, 0, 4), (1, 1, 0)]
+    assert segments[1]["devices"] == ["cpu(0)", "cpu(1)"]

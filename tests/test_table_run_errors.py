@@ -13,7 +13,7 @@ import seams
 from gluon_tricks.cli import main
 from gluon_tricks.errors import DivergenceError, UserError
 from gluon_tricks.recipe import content_hash, recipe_from_dict
-from gluon_tricks.runner import PendingRun, train_in_processes
+from gluon_tricks.runner import PendingRun, row_slots, train_in_processes
 from gluon_tricks.tables import load_table, row_recipes
 
 
@@ -77,7 +77,7 @@ def test_every_failed_row_is_reported(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "_train_row", _diverge)
     with pytest.raises(DivergenceError) as e:
-        train_in_processes("t", pending(tmp_path, "a", "b"), progress=False, parallel=2)
+        train_in_processes("t", pending(tmp_path, "a", "b"), progress=False, slots=row_slots(["cpu:0", "cpu:1"], 1, 2))
     assert "row 'row a': the weights of a are NaN" in str(e.value)
     assert "row 'row b': the weights of b are NaN" in str(e.value)
 

@@ -27,26 +27,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 from pathlib import Path
 
 # Before MXNet is imported here or in the row processes (they inherit the environment): one
-# OpenMP thread per process, two processes at once (rank-pilot.md: ~22-31 s per epoch each), and
+# OpenMP thread per process, two processes at once (rank-pilot.md: ~22-31 s per epoch each; an
+# exported OMP_NUM_THREADS=2, as the Makefile's, would put 4 threads on 2 cores), and
 # NaiveEngine, ~5% faster for small CPU models (Makefile, demo).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("MXNET_ENGINE_TYPE", "NaiveEngine")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gluon_tricks.errors import UserError, shown, shown_lines  # noqa: E402
 from gluon_tricks.paths import recipes_root  # noqa: E402
-from gluon_tricks.stats import pooled_std, welch_difference  # noqa: E402
 from gluon_tricks.report import render, write_markdown  # noqa: E402
+from gluon_tricks.results import copy_record  # noqa: E402
+from gluon_tricks.stats import pooled_std, welch_difference  # noqa: E402
 from gluon_tricks.tables import collect, load_table, row_recipes, run_table  # noqa: E402
 
 TABLE = "rank/cifar10-mini"
-KEEP = ("run.json", "recipe.toml", "metrics.jsonl", "result.json")  # what results/ holds of a run
 
 
 def pilot_table(rows: list[str]):
@@ -111,14 +111,7 @@ def copy_results(table, runs, results: Path) -> int:
         else:
             os.environ["GLUON_TRICKS_RESULTS"] = committed
     for d in sorted(dirs):
-        out = results / d.name
-        tmp = results / f".{d.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in KEEP:
-            shutil.copy2(d / name, tmp / name)
-        shutil.rmtree(out, ignore_errors=True)  # an older copy of the same run (same hash)
-        tmp.rename(out)
+        copy_record(d, results)
     return len(dirs)
 
 

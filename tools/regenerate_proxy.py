@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHERS = {"coarse": "teacher.toml", "fine": "teacher-fine.toml"}
-KEEP = ("run.json", "recipe.toml", "metrics.jsonl", "result.json")  # a run's record, not its checkpoints
 
 
 def gluon_tricks(*args: str) -> None:
@@ -37,12 +35,12 @@ def gluon_tricks(*args: str) -> None:
 def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
     from gluon_tricks.paths import recipes_root
     from gluon_tricks.engine import train
-    from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, with_changes
+    from gluon_tricks.recipe import load_recipe, scale_epochs, with_changes
     from gluon_tricks.results import RunDir, find_result, run_dir_for
-    from gluon_tricks.tables import load_table, row_recipes
+    from gluon_tricks.tables import load_table, row_recipes, run_hash
 
     def run(recipe) -> Path:
-        h = content_hash(recipe)
+        h = run_hash(recipe)  # the hash train() gives it on these devices
         found = find_result(h, runs)
         if found:
             return found[0]
@@ -73,6 +71,7 @@ def train_half(labels: str, seeds: int, scale: float, runs: Path) -> None:
 
 def copy_results(runs: Path) -> int:
     from gluon_tricks.paths import recipes_root
+    from gluon_tricks.results import copy_record
     from gluon_tricks.tables import collect, load_table
 
     dirs = set()
@@ -80,11 +79,7 @@ def copy_results(runs: Path) -> int:
         for row in collect(load_table(recipes_root(), name), runs_root=runs):
             dirs.update(Path(d) for d in row["run_dirs"])
     for d in sorted(dirs):
-        out = ROOT / "results" / d.name
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        for f in KEEP:
-            shutil.copy2(d / f, out / f)
+        copy_record(d, ROOT / "results")
     return len(dirs)
 
 
