@@ -20,20 +20,23 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from gluon_tricks._compat import tomllib
 from gluon_tricks.errors import UserError, shown
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# The kinds of mixing one batch can get (mixup.kind, mixup.choices, mixup.min_lambda_kinds).
+MixKind = Literal["interpolation", "stitch_height", "stitch_width", "tile"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str = "cifar100"  # cifar10 | cifar100 | cifar10-mini | cifar100-mini | imagefolder | recordio
+    dataset: Literal["cifar10", "cifar100", "cifar10-mini", "cifar100-mini", "imagefolder", "recordio"] = "cifar100"
     root: str = ""  # "" means $MXNET_HOME/datasets/<dataset> (for the -mini sets: README "Data")
     fine_labels: bool = True  # CIFAR-100 only: 100 fine classes, or the 20 coarse superclasses
-    augment: str = "followup"  # followup | gluoncv | none | bot (the ImageNet-style path)
+    augment: Literal["followup", "gluoncv", "none", "bot"] = "followup"  # bot: the ImageNet-style path
     batch_size: int = 256  # global batch: split over every device and worker
     train_limit: int = 0  # keep only the first N training images (0 = all); for tests and demos
     test_limit: int = 0
@@ -51,15 +54,15 @@ class DataSpec:
 class ModelSpec:
     name: str = "cifar_resnet56_v1"  # any GluonCV model-zoo classifier
     pretrained: bool = False  # start from the zoo's ImageNet weights (fine-tuning)
-    init: str = "xavier"  # xavier (the papers' baseline) | msra
+    init: Literal["xavier", "msra"] = "xavier"  # xavier: the papers' baseline
     zero_gamma: bool = False
-    dtype: str = "float32"  # float32 | float16 (GPU only)
+    dtype: Literal["float32", "float16"] = "float32"  # float16: GPU only
     classes: int = 0  # 0: the dataset's number of classes
 
 
 @dataclass(frozen=True)
 class OptimSpec:
-    name: str = "nag"  # nag | sgd | adam | nadam | adadelta | rmsprop
+    name: Literal["nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"] = "nag"
     lr: float = 0.1
     momentum: float = 0.9  # nag and sgd only
     wd: float = 1e-4
@@ -67,12 +70,12 @@ class OptimSpec:
     linear_scaling: bool = False  # lr * batch_size / lr_reference_batch
     lr_reference_batch: int = 256
     loss_scale: str = "none"  # none | dynamic | a number such as "128" (float16 only)
-    epsilon: float = 0.0  # adam | nadam | rmsprop | adadelta: 0 = MXNet's own default for that optimizer
+    epsilon: float = 0.0  # adam, nadam, rmsprop, adadelta: 0 = MXNet's own default for that optimizer
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    kind: str = "step"  # step | cosine | poly | constant
+    kind: Literal["step", "cosine", "poly", "constant"] = "step"
     decay_epochs: list[int] = field(default_factory=lambda: [30, 60, 90])  # step only
     decay_factor: float = 0.1  # step only
     power: float = 2.0  # poly only
@@ -82,35 +85,37 @@ class ScheduleSpec:
     # step only: where decay_epochs are counted from. "start": epochs of the whole run (Bag of
     # Tricks; GluonCV's ImageNet script subtracts the warm-up for this). "warmup_end": after the
     # warm-up, as GluonCV's LRSequential runs a step LRScheduler that the follow-up's code built.
-    decay_from: str = "start"
+    decay_from: Literal["start", "warmup_end"] = "start"
     # "iteration": a linear ramp from warmup_start_lr at every step (Bag of Tricks, GluonCV).
     # "epoch": lr * (i + 1) / warmup_epochs through epoch i, from lr / warmup_epochs (the
     # Food-101 tutorial's optimizer_step).
-    warmup_every: str = "iteration"
+    warmup_every: Literal["iteration", "epoch"] = "iteration"
     # cosine and poly only: "iteration", the curve moves at every step (Bag of Tricks' "the
     # total number of batches is T"); "epoch", it moves once per epoch, as the Food-101
     # tutorial's "at epoch t, l_t = 1/2 (1 + cos(t pi / T)) l" with T epochs after the warm-up.
-    decay_every: str = "iteration"
+    decay_every: Literal["iteration", "epoch"] = "iteration"
 
 
 @dataclass(frozen=True)
 class SmoothingSpec:
     eps: float = 0.0  # 0 = hard one-hot targets
-    form: str = "gluoncv"  # gluoncv: on 1-eps+eps/K, off eps/K | paper: on 1-eps, off eps/(K-1)
+    # gluoncv: on 1-eps+eps/K, off eps/K; paper: on 1-eps, off eps/(K-1)
+    form: Literal["gluoncv", "paper"] = "gluoncv"
 
 
 @dataclass(frozen=True)
 class MixupSpec:
-    kind: str = "none"  # none | interpolation | stitch_height | stitch_width | tile | random
+    kind: Literal["none", MixKind, "random"] = "none"  # random: one of `choices` per batch
     alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
-    partner: str = "reversed"  # reversed (the follow-up's and GluonCV's code) | random (Liang et al.)
+    # reversed: the follow-up's and GluonCV's code; random: Liang et al.
+    partner: Literal["reversed", "random"] = "reversed"
     min_lambda: float = 0.0  # lambda below this means no mixing (the follow-up's stitch code used 0.1)
     # The kinds min_lambda applies to. The follow-up's code tested `lam < 0.1` in its stitch
     # branch only; its interpolation branch (and GluonCV's mixup) never did. So a recipe that
     # inherits min_lambda cannot silently unmix about a third of its interpolation batches
     # (P(lambda < 0.1) = 0.34 at alpha 0.2): it must list "interpolation" here to ask for it.
     min_lambda_kinds: list[str] = field(default_factory=lambda: ["stitch_height", "stitch_width"])
-    label_weight: str = "lambda"  # stitch labels mixed by lambda (the papers) or by the area cut
+    label_weight: Literal["lambda", "area"] = "lambda"  # stitch labels mixed by lambda (the papers) or by the area cut
     choices: list[str] = field(default_factory=lambda: ["interpolation", "stitch_height", "stitch_width"])
     off_first_epochs: int = 0
     off_last_epochs: int = 0
@@ -137,7 +142,7 @@ class DistillSpec:
     teacher_std: list[float] = field(default_factory=list)
     # "" = the student's dtype, as in the papers; "float16": the teacher's forward in float16
     # on GPUs (V100 tensor cores) for a float32 student, a deviation (docs/tricks.md)
-    teacher_dtype: str = ""
+    teacher_dtype: Literal["", "float16"] = ""
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class SystemSpec:
     """How and where to run: never part of a result's identity (see `content_hash`)."""
     ctx: str = "auto"  # auto (every GPU MXNet sees, else the CPU) | cpu | cpu:0,cpu:1 | gpu:0,...,gpu:7
     device_batch: int = 0  # most images one device holds per pass; more are accumulated (0: no cap)
-    kvstore: str = "device"  # device | local | nccl | dist_sync | dist_device_sync
+    kvstore: Literal["device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"] = "device"
     log_interval: int = 50  # progress refresh, in steps
     # A test-set pass after every N-th epoch and always after the last (the result is the last
     # epoch's row); the epochs between get top1/top5 null in metrics.jsonl. How often the test
@@ -184,23 +189,6 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-# Fields that take one of a fixed set of words: checked at load time.
-CHOICES = {
-    "data.dataset": {"cifar10", "cifar100", "cifar10-mini", "cifar100-mini", "imagefolder", "recordio"},
-    "data.augment": {"followup", "gluoncv", "none", "bot"},
-    "model.init": {"xavier", "msra"},
-    "model.dtype": {"float32", "float16"},
-    "optim.name": {"nag", "sgd", "adam", "nadam", "adadelta", "rmsprop"},
-    "schedule.kind": {"step", "cosine", "poly", "constant"},
-    "schedule.decay_from": {"start", "warmup_end"},
-    "schedule.warmup_every": {"iteration", "epoch"},
-    "schedule.decay_every": {"iteration", "epoch"},
-    "smoothing.form": {"gluoncv", "paper"},
-    "mixup.kind": {"none", "interpolation", "stitch_height", "stitch_width", "tile", "random"},
-    "mixup.partner": {"reversed", "random"},
-    "mixup.label_weight": {"lambda", "area"},
-    "system.kvstore": {"device", "local", "nccl", "dist_sync", "dist_device_sync", "dist_async"},
-}
 # Allowed ranges of the numeric settings not checked one by one in `_check_semantics`:
 # key -> (low, high, low included, high included). Each of these, outside its range, trained
 # something else with exit 0 (reliability-redteam-2 probes 4.14-4.29): a negative decay_factor
@@ -256,7 +244,7 @@ def _out_of_range(r: "Recipe") -> list[str]:
 
 
 ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
-MIX_KINDS = {"interpolation", "stitch_height", "stitch_width", "tile"}
+MIX_KINDS = set(typing.get_args(MixKind))
 # Sections that say how to run, not what to compute; `source` enters a run's identity only
 # through the BatchNorm group it implies (see `content_hash`).
 NOT_IDENTITY = {"name", "description", "system", "source"}
@@ -274,6 +262,14 @@ def _type_name(tp) -> str:
 def _coerce(value, tp, where: str):
     """Check `value` against the annotation `tp`; ints are accepted for floats."""
     origin = typing.get_origin(tp)
+    if origin is Literal:  # one of a fixed set of words: the annotation is the list's only home
+        allowed = typing.get_args(tp)
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected str, got {type(value).__name__} {value!r}")
+        if value not in allowed:
+            words = ", ".join(a or '""' for a in sorted(allowed))
+            raise UserError(f"{where} = {value!r} is not one of: {words}")
+        return value
     if origin is list:
         (elem,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -307,9 +303,6 @@ def _build(raw: dict, source: str) -> Recipe:
                 if k not in names:
                     raise UserError(f"{source}: unknown key '{key}.{k}'; valid keys in [{key}]: {', '.join(names)}")
                 sub[k] = _coerce(v, sub_hints[k], f"{source}: {key}.{k}")
-                allowed = CHOICES.get(f"{key}.{k}")
-                if allowed and sub[k] not in allowed:
-                    raise UserError(f"{source}: {key}.{k} = {v!r} is not one of: {', '.join(sorted(allowed))}")
             kwargs[key] = cls(**sub)
         else:
             kwargs[key] = _coerce(value, hints[key], f"{source}: {key}")
@@ -342,8 +335,6 @@ def _check_semantics(r: Recipe, source: str) -> None:
         problems.append("distill.soft_weight must be in [0, 1]")
     if r.distill.temperature <= 0:
         problems.append("distill.temperature must be > 0")
-    if r.distill.teacher_dtype not in ("", "float16"):
-        problems.append("distill.teacher_dtype must be \"\" (the student's dtype) or \"float16\"")
     teacher = r.distill.teacher
     if ":" in teacher and not teacher.endswith(".params") and "/" not in teacher \
             and not ZOO_TAG.fullmatch(teacher):
