@@ -33,7 +33,8 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from gluon_tricks.recipe import explicit_keys, load_recipe, run_warnings
+    from gluon_tricks.identity import run_warnings
+    from gluon_tricks.recipe import explicit_keys, load_recipe
     from gluon_tricks.results import run_dir_for
     from gluon_tricks.tables import run_hash  # with the BatchNorm group these devices give
 
@@ -68,7 +69,8 @@ def cmd_eval(args) -> int:
 
 def cmd_recipes(args) -> int:
     if args.show:
-        from gluon_tricks.recipe import content_hash, load_recipe, to_toml
+        from gluon_tricks.identity import content_hash
+        from gluon_tricks.recipe import load_recipe, to_toml
 
         recipe = load_recipe(find_recipe(args.show), _overrides(args))
         print(f"# {shown(recipe.name)}: content hash {content_hash(recipe)} (every `extends` and --set resolved)")

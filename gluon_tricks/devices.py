@@ -92,7 +92,7 @@ def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int
 class Layout:
     """How a run spreads its global batch: over `workers` x `devices` devices, each device in
     `accumulation` passes per optimizer step. The images of one pass are what BatchNorm
-    normalizes over (its group), so the layout is part of what a run trains (recipe.identity)."""
+    normalizes over (its group), so the layout is part of what a run trains (identity.identity)."""
     batch_size: int
     workers: int
     devices: int  # per worker

@@ -400,7 +400,7 @@ def layout_lines(name: str, overrides=(), root: Path | None = None) -> list[Line
     differ (another training, another result), with the setting that restores the paper's."""
     from gluon_tricks.devices import planned_layout
     from gluon_tricks.errors import UserError
-    from gluon_tricks.recipe import source_bn_group
+    from gluon_tricks.identity import source_bn_group
     from gluon_tricks.tables import load_table, row_recipes
 
     table = load_table(root or recipes_root(), name)

@@ -31,12 +31,13 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_tricks import recipe as recipe_mod
+from gluon_tricks.checkpoints import check_trainer_states
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
-from gluon_tricks.checkpoints import check_trainer_states
 from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, is_out_of_memory, make_dist, micro_slice,
                                   out_of_memory_message, parse_ctx, plan_layout)
 from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
+from gluon_tricks.identity import content_hash, source_bn_group
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
 from gluon_tricks.results import RunDir, provenance
@@ -70,7 +71,7 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
     except mx.base.MXNetError as e:
         if is_out_of_memory(e):  # a one-line fix instead of MXNet's multi-line report
             raise OutOfMemory(out_of_memory_message(setup.contexts, setup.layout,
-                                                    recipe_mod.source_bn_group(recipe))) from None
+                                                    source_bn_group(recipe))) from None
         raise
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         setup.run.unlock()
@@ -100,7 +101,7 @@ def _train_set_up(setup, recipe, resume, max_steps, params_out) -> dict:
     result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
                         setup.train_images, len(setup.test_stream))
     result.update(teacher_scores(setup))
-    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=recipe_mod.source_bn_group(recipe))
+    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=source_bn_group(recipe))
     result.update(provenance(setup.contexts))
     result["segments"] = position.segments
     if setup.dist.is_chief:
@@ -162,7 +163,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
     streams = make_streams(recipe, dist.rank, dist.workers, contexts)
     classes = streams.classes
     layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
-    recipe_hash = recipe_mod.content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
+    recipe_hash = content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 

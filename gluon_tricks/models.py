@@ -85,7 +85,7 @@ def pretrained_copy(source: str) -> Path | None:
     """The data directory's copy of a zoo name's (or name:tag's) weights, when it holds one
     whose SHA-256 is the one listed in PRETRAINED_COPIES; else None."""
     from gluon_tricks.paths import data_dir
-    from gluon_tricks.recipe import teacher_identity
+    from gluon_tricks.identity import teacher_identity
 
     root = data_dir()
     known = PRETRAINED_COPIES.get(teacher_identity({"teacher": source, "teacher_recipe": ""})) if root else None
@@ -104,7 +104,7 @@ def pretrained_copy(source: str) -> Path | None:
 
 def _copy_hint(name: str, tag: str | None) -> str:
     """Where a data directory can supply these weights offline, if PRETRAINED_COPIES lists a copy."""
-    from gluon_tricks.recipe import teacher_identity
+    from gluon_tricks.identity import teacher_identity
 
     known = PRETRAINED_COPIES.get(teacher_identity({"teacher": f"{name}:{tag}" if tag else name, "teacher_recipe": ""}))
     return f", or set GLUON_TRICKS_DATA to a data directory holding pretrained/{known[0]}" if known else ""

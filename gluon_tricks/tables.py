@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gluon_tricks.errors import UserError, shown
-from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, source_bn_group
+from gluon_tricks.identity import content_hash, source_bn_group
+from gluon_tricks.recipe import load_recipe, scale_epochs
 from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
@@ -220,7 +221,7 @@ def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list
 def run_hash(recipe, devices: int | None = None) -> str:
     """The hash a run of `recipe` gets here: with the BatchNorm group of its layout on this
     machine (its --ctx, or `devices` for a --parallel row), so a faithful row finds the
-    faithful result and a row on other devices its own (recipe.content_hash)."""
+    faithful result and a row on other devices its own (identity.content_hash)."""
     from gluon_tricks.devices import planned_layout
 
     return content_hash(recipe, planned_layout(recipe, devices).bn_group)

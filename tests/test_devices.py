@@ -14,7 +14,8 @@ from mxnet import gluon
 
 from gluon_tricks.devices import HostReads
 from gluon_tricks.engine import evaluate, train
-from gluon_tricks.recipe import content_hash, recipe_from_dict
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import recipe_from_dict
 
 
 class ArrayStream:

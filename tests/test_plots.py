@@ -82,7 +82,7 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
 
     from seams import recipes_root
     from gluon_tricks.plots import plot_table, twin_rows
-    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.identity import content_hash
     from gluon_tricks.tables import collect, load_table, row_recipes
 
     monkeypatch.setenv("GLUON_TRICKS_RESULTS", "")

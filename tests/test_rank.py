@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import content_hash, to_toml
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import to_toml
 from gluon_tricks.stats import pooled_std, welch_difference
 from gluon_tricks.report import render
 from gluon_tricks.tables import collect, load_table, row_recipes

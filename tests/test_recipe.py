@@ -2,8 +2,8 @@
 import pytest
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import (Recipe, content_hash, load_recipe, parse_override, recipe_from_dict,
-                                 scale_epochs, to_toml, valid_keys)
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import Recipe, load_recipe, parse_override, recipe_from_dict, scale_epochs, to_toml, valid_keys
 from seams import recipes_root
 
 

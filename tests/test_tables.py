@@ -254,7 +254,7 @@ def test_every_shipped_row_says_where_its_settings_come_from():
 
 
 def test_bot_table1_tricks_row_is_table6s_last_resnet50d_row():
-    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.identity import content_hash
     from gluon_tricks.tables import row_recipes
 
     root = recipes_root()

@@ -7,7 +7,8 @@ from mxnet import gluon
 
 from gluon_tricks.errors import UserError
 from gluon_tricks.models import load_teacher
-from gluon_tricks.recipe import DistillSpec, content_hash, recipe_from_dict
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import DistillSpec, recipe_from_dict
 from gluon_tricks.tricks.distill import DistillStep
 
 
