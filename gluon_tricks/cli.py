@@ -92,7 +92,7 @@ def cmd_tables(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from gluon_tricks.doctor import missing_inputs
+    from gluon_tricks.needs import missing_inputs
     from gluon_tricks.report import render
     from gluon_tricks.tables import load_table, run_table
 

@@ -273,7 +273,7 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     the same rows. `in_process` trains here instead (for a debugger); finished rows are then
     released by garbage collection only.
 
-    `missing_inputs(recipes)` lists what the pending runs need and lack (doctor.missing_inputs):
+    `missing_inputs(recipes)` lists what the pending runs need and lack (needs.missing_inputs):
     the table is refused before anything trains, not when the row that needs it starts, hours
     later (probe 1.14)."""
     if table.out_of_scope:
