@@ -63,27 +63,37 @@ def make_dist(kvstore_name: str) -> Dist:
     return Dist(kvstore=kv, rank=kv.rank, workers=kv.num_workers, is_distributed=True)
 
 
-def check_even_split(batch_size: int, workers: int, devices: int) -> None:
-    """The global batch must split into equal shares, one per device of every worker."""
-    if (workers > 1 or devices > 1) and batch_size % (workers * devices):
-        # Test batches split unevenly (eval_split); a training batch does not: every device's
-        # gradient enters each update, and the BatchNorm group is part of a run's identity.
-        fits = max((d for d in range(1, devices + 1) if batch_size % (workers * d) == 0), default=1)
-        raise UserError(f"data.batch_size {batch_size} does not split evenly over "
-                        f"{workers} worker(s) x {devices} device(s); train on {fits} device(s) per worker "
-                        f"(e.g. --ctx gpu:0{f'-{fits - 1}' if fits > 1 else ''}) or choose a batch they divide")
+def device_shares(images: int, devices: int) -> list[int]:
+    """Images per device when `images` are cut over `devices`: as equal as possible, the first
+    ones one more (MXNet's split_data with even_split=False: 64 over 3 -> 22, 21, 21), and no
+    device without an image (2 images on 3 devices use 2). An even split is every device's
+    equal share, the slices `split_and_load` has always made."""
+    used = max(1, min(devices, images))
+    each, extra = divmod(images, used)
+    return [each + 1] * extra + [each] * (used - extra)
+
+
+def check_worker_split(batch_size: int, workers: int) -> None:
+    """Each worker's data stream reads an equal share of the global batch (data/loader.py)."""
+    if batch_size % workers:
+        raise UserError(f"data.batch_size {batch_size} does not split evenly over {workers} workers; "
+                        f"choose a batch they divide (e.g. {batch_size - batch_size % workers or workers})")
 
 
 def micro_batches(batch_size: int, workers: int, devices: int, device_batch: int) -> int:
     """Passes each device makes per optimizer step so that it never holds more than
-    `device_batch` images at once (0: no cap); the recipe's global batch is kept."""
-    per_device = batch_size // (workers * devices)
+    `device_batch` images at once (0: no cap); the recipe's global batch is kept. The cap
+    must divide the first (largest) device's share; a device with one image fewer (an uneven
+    split) cuts its share into as many passes, as equal as they can be."""
+    shares = device_shares(batch_size // workers, devices)
+    per_device = shares[0]
     if not device_batch or per_device <= device_batch:
         return 1
     if per_device % device_batch:
         divisor = max(d for d in range(1, device_batch + 1) if per_device % d == 0)
-        raise UserError(f"system.device_batch {device_batch} does not divide the {per_device} images each device "
-                        f"gets per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
+        which = "each device gets" if len(set(shares)) == 1 else "the first device gets"
+        raise UserError(f"system.device_batch {device_batch} does not divide the {per_device} images {which} "
+                        f"per step (data.batch_size {batch_size} over {workers} worker(s) x {devices} "
                         f"device(s)); use a divisor such as {divisor}")
     return per_device // device_batch
 
@@ -99,24 +109,41 @@ class Layout:
     accumulation: int = 1
 
     @property
+    def shares(self) -> list[int]:
+        """Images each device of a worker gets per optimizer step (device_shares)."""
+        return device_shares(self.batch_size // self.workers, self.devices)
+
+    @property
     def device_batch(self) -> int:
-        """Images each device gets per optimizer step."""
-        return self.batch_size // (self.workers * self.devices)
+        """Images each device gets per optimizer step: the first (largest) share."""
+        return self.shares[0]
 
     @property
     def bn_group(self) -> int:
         """Images in one forward pass of one device: BatchNorm's batch statistics."""
         return self.device_batch // self.accumulation
 
+    @property
+    def shares_text(self) -> str:
+        """The per-device images as people read them: "32", or "22/21/21" for an uneven split."""
+        shares = self.shares
+        return str(shares[0]) if len(set(shares)) == 1 else "/".join(map(str, shares))
+
     def as_dict(self) -> dict:
-        return {"workers": self.workers, "devices": self.devices, "device_batch": self.device_batch,
-                "accumulation": self.accumulation, "bn_group": self.bn_group}
+        out = {"workers": self.workers, "devices": self.devices, "device_batch": self.device_batch,
+               "accumulation": self.accumulation, "bn_group": self.bn_group}
+        if len(set(self.shares)) > 1:  # an uneven split: every device's share, the first one largest
+            out["device_batches"] = self.shares
+        return out
 
 
 def plan_layout(batch_size: int, workers: int, devices: int, device_batch_cap: int) -> Layout:
-    """The layout a run takes (system.device_batch caps the images of one pass)."""
-    check_even_split(batch_size, workers, devices)
-    return Layout(batch_size, workers, devices, micro_batches(batch_size, workers, devices, device_batch_cap))
+    """The layout a run takes (system.device_batch caps the images of one pass). A worker's batch
+    smaller than its device count trains on as many devices as it has images (`devices` of the
+    Layout: the contexts the run keeps)."""
+    check_worker_split(batch_size, workers)
+    used = len(device_shares(batch_size // workers, devices))
+    return Layout(batch_size, workers, used, micro_batches(batch_size, workers, used, device_batch_cap))
 
 
 def planned_layout(recipe, devices: int | None = None, workers: int = 1) -> Layout:
@@ -163,21 +190,29 @@ def out_of_memory_message(contexts, layout: Layout, source_bn_group: float) -> s
     return f"{said}; try --set system.device_batch={fit}{faithful}, or more GPUs"
 
 
+def device_split(array, contexts) -> list:
+    """A batch (numpy or NDArray, images on the first axis) cut over the devices as
+    device_shares says, one slice per used device and never an empty one."""
+    used = contexts[:len(device_shares(array.shape[0], len(contexts)))]
+    return gluon.utils.split_and_load(array, used, even_split=False)
+
+
 def eval_split(x, y, contexts) -> list[tuple]:
     """A test batch cut into one (images, labels) slice per device, never an empty one: a last
     batch smaller than the device count (Food-101's 5,250 test images at batch 32 leave 2)
     goes to its first len(x) devices. Each image is scored once wherever it lands, so the
     accuracy does not depend on the split."""
-    used = contexts[:max(1, min(len(contexts), x.shape[0]))]
-    xs = gluon.utils.split_and_load(x, used, even_split=False)
-    ys = gluon.utils.split_and_load(y, used, even_split=False)
-    return list(zip(xs, ys))
+    return list(zip(device_split(x, contexts), device_split(y, contexts)))
 
 
-def micro_slice(array, part: int, parts: int):
-    """The `part`-th of `parts` equal slices of a device's batch (its first axis)."""
-    n = array.shape[0] // parts
-    return array[part * n:(part + 1) * n]
+def micro_slices(array, parts: int) -> list:
+    """A device's slice (its first axis) in `parts` passes, cut as device_shares cuts a batch:
+    equal passes when `parts` divides it, else the first ones one image more, and no empty
+    pass (a share of 21 in 22 passes makes 21)."""
+    if parts == 1:
+        return [array]
+    bounds = np.cumsum([0] + device_shares(array.shape[0], parts)).tolist()
+    return [array[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def gather(arrays):

@@ -355,7 +355,7 @@ def layout_lines(name: str, overrides=(), root: Path | None = None) -> list[Line
         except UserError as e:
             lines.append(Line("FAIL", f"{name} {row.label!r}: {e}"))
             continue
-        text = (f"{name} {row.label!r}: {layout.devices} device(s) x {layout.device_batch} images"
+        text = (f"{name} {row.label!r}: {layout.devices} device(s) x {layout.shares_text} images"
                 + (f" in {layout.accumulation} passes of {layout.bn_group}" if layout.accumulation > 1 else "")
                 + f" ({paper_text})")
         if layout.bn_group == paper:

@@ -33,9 +33,9 @@ from gluon_tricks import recipe as recipe_mod
 from gluon_tricks.checkpoints import check_trainer_states
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
-from gluon_tricks.devices import (Dist, HostReads, Layout, eval_split, gather, is_out_of_memory, load_unsynced,
-                                  make_dist, micro_slice, out_of_memory_message, parse_ctx, plan_layout,
-                                  save_unsynced)
+from gluon_tricks.devices import (Dist, HostReads, Layout, device_split, eval_split, gather, is_out_of_memory,
+                                  load_unsynced, make_dist, micro_slices, out_of_memory_message, parse_ctx,
+                                  plan_layout, save_unsynced)
 from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
 from gluon_tricks.identity import content_hash, source_bn_group
 from gluon_tricks.models import build_model, load_teacher
@@ -160,10 +160,16 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
                         "scale such as \"1024\" (docs/gpu.md)")
     dist = make_dist(recipe.system.kvstore)
     run = RunDir(run_dir)
+    layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
+    if layout.devices < len(contexts):  # a device without images would add a stale gradient to each update
+        if progress and dist.is_chief:
+            print(f"devices: {layout.devices} of the {len(contexts)} given (a batch of "
+                  f"{recipe.data.batch_size // dist.workers} per worker has an image for {layout.devices})",
+                  file=sys.stderr, flush=True)
+        contexts = contexts[:layout.devices]
 
     streams = make_streams(recipe, dist.rank, dist.workers, contexts)
     classes = streams.classes
-    layout = plan_layout(recipe.data.batch_size, dist.workers, len(contexts), recipe.system.device_batch)
     recipe_hash = content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
@@ -354,26 +360,33 @@ def evaluated_after(epoch: int, epochs: int, eval_every: int) -> bool:
 
 def _train_step(setup: Setup, trainer, x, labels, epoch: int, step: int) -> list:
     """smooth -> split over devices -> mix -> step loss -> backward -> update.
-    Returns each device's summed loss (still on the device)."""
+    Returns each device's summed loss (still on the device).
+
+    The slices may differ by an image (64 over 3 devices: 22, 21, 21; devices.device_shares):
+    each device's gradient is the sum over its images and the update divides the reduced sum
+    by the global batch, so only BatchNorm's per-pass statistics see the split."""
     recipe, contexts, scaler = setup.recipe, setup.contexts, setup.scaler
     targets = smooth_targets(labels, setup.classes, recipe.smoothing.eps, recipe.smoothing.form)
-    images = gluon.utils.split_and_load(x, contexts)
-    targets = gluon.utils.split_and_load(targets, contexts)
+    images = device_split(x, contexts)
+    targets = device_split(targets, contexts)
     images, targets = setup.mixer.mix(images, targets, epoch, step_rng(recipe.seed, epoch, step, RNG_MIX))
     if recipe.model.dtype != "float32":
         images = [xd.astype(recipe.model.dtype) for xd in images]
     parts = setup.layout.accumulation
-    for part in range(parts):  # each device's slice in `parts` passes (system.device_batch)
-        xs, ys = (images, targets) if parts == 1 else \
-            ([micro_slice(a, part, parts) for a in images], [micro_slice(a, part, parts) for a in targets])
-        losses = setup.step_loss(setup.net, xs, ys)
+    # each device's slice in `parts` passes (system.device_batch); a device one image short of
+    # the first may have a pass fewer, whose gradient ("add") it then simply does not add to
+    passes = [(micro_slices(xd, parts), micro_slices(yd, parts)) for xd, yd in zip(images, targets)]
+    step_sums = [None] * len(passes)
+    for part in range(parts):
+        on = [d for d, (xp, _) in enumerate(passes) if part < len(xp)]
+        losses = setup.step_loss(setup.net, [passes[d][0][part] for d in on], [passes[d][1][part] for d in on])
         scaled = losses
         if scaler.scale != 1.0:
             with autograd.record():  # the product joins the graph the step loss recorded
                 scaled = [loss * scaler.scale for loss in losses]
         autograd.backward(scaled)
-        sums = [loss.sum() for loss in losses]
-        step_sums = sums if part == 0 else [a + b for a, b in zip(step_sums, sums)]
+        for d, loss in zip(on, losses):
+            step_sums[d] = loss.sum() if step_sums[d] is None else step_sums[d] + loss.sum()
     optimizer_step(trainer, scaler, contexts, recipe.data.batch_size, checks_reduced(scaler, contexts),
                    read=setup.host_reads)
     if parts > 1:

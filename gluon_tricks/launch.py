@@ -4,7 +4,7 @@ MXNet's own `tools/launch.py` fails on Python 3.11 (`Thread.isAlive`) and binds 
 first non-loopback address, so the roles are started here directly, each with the
 `DMLC_*` environment ps-lite reads: one scheduler and S servers (processes that only
 `import gluon_tricks, mxnet`: the second import turns them into their role) and N workers running the
-training command with `--kvstore dist_sync`.
+training command with `--kvstore dist_sync` (`dist_device_sync` when it names GPU contexts).
 
 Local mode runs everything on 127.0.0.1. With a hostfile, the scheduler and servers
 run here and worker i runs on host i mod len(hosts) through ssh.
@@ -57,17 +57,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def training_command(command: list[str], gpus: bool = False) -> list[str]:
+def training_command(command: list[str]) -> list[str]:
     """The worker command: `train ...` becomes this Python's gluon_tricks; a gluon-tricks
-    train command gets the distributed kvstore unless it names one."""
+    train command gets the distributed kvstore unless it names one: dist_device_sync when it
+    names GPU contexts (each worker sums its GPUs' gradients on a GPU before the push; MXNet's
+    dist_sync would sum them on the CPU), else dist_sync."""
     if not command:
         raise UserError("launch needs a command after --, e.g. -- train recipes/demo/cosine.toml --out runs/x")
     if command[0] == "train":
         command = [sys.executable, "-m", "gluon_tricks"] + command
     is_train = "train" in command or any(c.endswith(("train_cifar.py", "train_imagenet.py")) for c in command)
-    if is_train and "--kvstore" not in command:
-        command = command + ["--kvstore", "dist_device_sync" if gpus else "dist_sync"]
+    if is_train and "--kvstore" not in command and not any(c.startswith("--kvstore=") for c in command):
+        command = command + ["--kvstore", "dist_device_sync" if names_gpus(command) else "dist_sync"]
     return command
+
+
+def names_gpus(command: list[str]) -> bool:
+    """Whether a train command's devices are GPUs: `--ctx gpu:...` (or `--ctx=gpu:...`) or
+    `--set system.ctx="gpu:..."`. `auto` is decided on each worker's host, so it is not."""
+    for i, arg in enumerate(command):
+        name, eq, inline = arg.partition("=")
+        if name not in ("--ctx", "--set"):
+            continue
+        value = inline if eq else (command[i + 1] if i + 1 < len(command) else "")
+        if name == "--set":
+            key, _, value = value.partition("=")
+            if key.strip() != "system.ctx":
+                continue
+        if "gpu" in value:
+            return True
+    return False
 
 
 def role_env(role: str, root_uri: str, port: int, workers: int, servers: int, host: str,

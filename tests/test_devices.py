@@ -63,16 +63,142 @@ def test_a_last_test_batch_smaller_than_the_device_count_scores_as_on_one_device
         assert top5 == pytest.approx(one5) == pytest.approx(oracle5)
 
 
-def test_a_training_batch_that_does_not_split_names_a_device_count_that_does():
-    from gluon_tricks.devices import check_even_split
+def test_a_batch_is_cut_as_mxnet_cuts_it_and_an_even_split_exactly_as_before():
+    from gluon_tricks.devices import device_shares, device_split, micro_slices, plan_layout
+
+    assert device_shares(64, 3) == [22, 21, 21] and device_shares(2, 3) == [1, 1] and device_shares(96, 8) == [12] * 8
+    ctxs = [mx.cpu(i) for i in range(8)]
+    x = np.arange(96 * 2, dtype=np.float32).reshape(96, 2)
+    # an even split: the slices split_and_load has always handed the devices, bit for bit
+    for got, old in zip(device_split(x, ctxs), gluon.utils.split_and_load(x, ctxs)):
+        assert got.context == old.context
+        np.testing.assert_array_equal(got.asnumpy(), old.asnumpy())
+    # uneven: consecutive slices 22, 21, 21 that together are the batch, each on its device
+    parts = device_split(x[:64], ctxs[:3])
+    assert [p.shape[0] for p in parts] == [22, 21, 21] and [p.context for p in parts] == ctxs[:3]
+    np.testing.assert_array_equal(np.concatenate([p.asnumpy() for p in parts]), x[:64])
+    # micro-batches: equal passes when they divide (the old equal cut), no empty pass otherwise
+    share = mx.nd.array(x[:32])
+    for got, old in zip(micro_slices(share, 4), np.split(x[:32], 4)):
+        np.testing.assert_array_equal(got.asnumpy(), old)
+    assert [p.shape[0] for p in micro_slices(share[:21], 22)] == [1] * 21
+    assert [p.shape[0] for p in micro_slices(share[:21], 2)] == [11, 10]
+    # a batch smaller than the device count keeps as many devices as it has images
+    assert plan_layout(2, 1, 3, 0).devices == 2 and plan_layout(64, 1, 3, 0).shares == [22, 21, 21]
+    assert plan_layout(64, 1, 3, 11).accumulation == 2 and plan_layout(96, 1, 8, 0).as_dict() == {
+        "workers": 1, "devices": 8, "device_batch": 12, "accumulation": 1, "bn_group": 12}
+
+
+def test_workers_still_need_equal_shares_and_device_batch_divides_the_first_share():
+    from gluon_tricks.devices import plan_layout
     from gluon_tricks.errors import UserError
 
-    with pytest.raises(UserError, match=r"over 1 worker\(s\) x 8 device\(s\); train on 5 device\(s\) per worker "
-                                        r"\(e.g. --ctx gpu:0-4\)"):
-        check_even_split(100, 1, 8)  # 100 = 5 x 20
-    with pytest.raises(UserError, match=r"train on 1 device\(s\) per worker \(e.g. --ctx gpu:0\)"):
-        check_even_split(7, 1, 4)
-    check_even_split(96, 1, 8)
+    with pytest.raises(UserError, match=r"data.batch_size 100 does not split evenly over 3 workers"):
+        plan_layout(100, 3, 1, 0)  # each worker's stream reads batch / workers images
+    with pytest.raises(UserError, match=r"system.device_batch 8 does not divide the 22 images the first device "
+                                        r"gets per step .* such as 2"):
+        plan_layout(64, 1, 3, 8)
+
+
+def _bn_free_net(recipe, classes, ctx):
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Conv2D(4, 3, strides=2, activation="relu"), gluon.nn.GlobalAvgPool2D(), gluon.nn.Dense(classes))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    return net
+
+
+def _final_params(run):
+    from gluon_tricks.results import RunDir
+
+    return mx.nd.load(str(RunDir(run).latest_checkpoint(quiet=True).params))
+
+
+@pytest.mark.parametrize("batch, system, optim", [
+    (64, {"ctx": "cpu:0-2"}, {}),  # 22, 21, 21: the old refusal
+    (64, {"ctx": "cpu:0-2", "device_batch": 11}, {}),  # passes of 11+11, 11+10, 11+10
+    (64, {"ctx": "cpu:0-2", "device_batch": 1}, {}),  # 22 passes on the first device, 21 on the others
+    (64, {"ctx": "cpu:0-2"}, {"loss_scale": "dynamic"}),  # the overflow check on the reduced gradient
+    (2, {"ctx": "cpu:0-2"}, {}),  # fewer images than devices: two devices of one image
+])
+def test_an_uneven_split_trains_as_one_device_does(tmp_path, monkeypatch, batch, system, optim):
+    """Without BatchNorm, any cut of the batch over devices and passes is the one-device update
+    up to float32 summation order: every device's gradient is a sum over its images, and the
+    update divides the reduced sum by the global batch."""
+    import gluon_tricks.engine as engine
+
+    monkeypatch.setattr(engine, "build_model", _bn_free_net)
+
+    def run(name, system, optim):
+        r = recipe_from_dict({"epochs": 1, "seed": 3, "data": {"dataset": "cifar10-mini", "batch_size": batch,
+                                                               "train_limit": 2 * batch, "test_limit": 32},
+                              "optim": dict({"lr": 0.4}, **optim), "system": dict(system, kvstore="device")})
+        result = train(r, tmp_path / name, progress=False)
+        return result, _final_params(tmp_path / name)
+
+    result, many = run("many", system, optim)
+    _, one = run("one", {"ctx": "cpu"}, {})
+    assert set(many) == set(one)
+    for k in many:
+        np.testing.assert_allclose(many[k].asnumpy(), one[k].asnumpy(), rtol=1e-4, atol=1e-5)
+    assert result["layout"]["devices"] == min(3, batch)
+    assert result["hardware"]["ctx"] == [f"cpu({i})" for i in range(min(3, batch))]
+    assert result["skipped_steps"] == 0
+
+
+def _slices(seed, sizes, k=5):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(sum(sizes), 3, 8, 8)).astype(np.float32)
+    y = np.eye(k, dtype=np.float32)[rng.integers(0, k, sum(sizes))]
+    bounds = np.cumsum([0] + list(sizes))
+    return [(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.mark.parametrize("partner", ["reversed", "random"])
+def test_mixing_an_even_split_draws_one_plan_as_before_and_an_uneven_one_a_plan_per_size(partner):
+    from gluon_tricks.recipe import MixupSpec
+    from gluon_tricks.tricks.mixing import Mixer, mix_numpy
+
+    mixer = Mixer(MixupSpec(kind="random", partner=partner, alpha=1.0,
+                            choices=["tile", "stitch_width", "interpolation"]), epochs=4)
+    ctxs = [mx.cpu(i) for i in range(3)]
+    for seed in range(12):
+        # even: the one plan a batch slice of 8 always got, applied to every device's slice
+        even = _slices(seed, [8, 8, 8])
+        plan = mixer.plan(8, 8, 8, 1, np.random.default_rng(seed))
+        xs, ys = mixer.mix([mx.nd.array(x, ctx=c) for (x, _), c in zip(even, ctxs)],
+                           [mx.nd.array(y, ctx=c) for (_, y), c in zip(even, ctxs)], 1, np.random.default_rng(seed))
+        for (x, y), xm, ym in zip(even, xs, ys):
+            want_x, want_y = mix_numpy(x, y, plan)
+            np.testing.assert_allclose(xm.asnumpy(), want_x, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(ym.asnumpy(), want_y, rtol=1e-6, atol=1e-6)
+        # uneven (22, 21, 21): one kind and lambda for the batch, partners within each slice
+        rng = np.random.default_rng(seed)
+        uneven = _slices(seed, [22, 21, 21])
+        mix = mixer.draw(1, rng)
+        plans = {22: mixer.plan_for(mix, 22, 8, 8, rng), 21: mixer.plan_for(mix, 21, 8, 8, rng)}
+        xs, ys = mixer.mix([mx.nd.array(x, ctx=c) for (x, _), c in zip(uneven, ctxs)],
+                           [mx.nd.array(y, ctx=c) for (_, y), c in zip(uneven, ctxs)], 1, np.random.default_rng(seed))
+        for (x, y), xm, ym in zip(uneven, xs, ys):
+            plan = plans[len(x)]
+            assert plan.kind == mix[0] and plan.orders.shape[1] == len(x)
+            for order in plan.orders:  # every partner ordering is a permutation of the slice
+                assert sorted(order) == list(range(len(x)))
+            want_x, want_y = mix_numpy(x, y, plan)
+            np.testing.assert_allclose(xm.asnumpy(), want_x, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(ym.asnumpy(), want_y, rtol=1e-6, atol=1e-6)
+        assert plans[22].lam == plans[21].lam
+
+
+def test_a_batchnorm_net_trains_on_an_uneven_split_with_mixing_and_micro_batches(tmp_path, tiny_recipe_dict):
+    recipe = recipe_from_dict(dict(tiny_recipe_dict, epochs=1,
+                                   data=dict(tiny_recipe_dict["data"], train_limit=128, test_limit=32),
+                                   mixup={"kind": "stitch_height", "alpha": 1.0},
+                                   system={"ctx": "cpu:0-2", "device_batch": 11, "log_interval": 1}))
+    result = train(recipe, tmp_path / "run", progress=False)
+    assert result["layout"] == {"workers": 1, "devices": 3, "device_batch": 22, "accumulation": 2, "bn_group": 11,
+                                "device_batches": [22, 21, 21], "source_bn_group": 64.0}
+    assert result["hash"] == content_hash(recipe, 11) != content_hash(recipe)
+    assert np.isfinite(result["final_top1"])
 
 
 # --- the BatchNorm group is part of what a row is ------------------------------------------

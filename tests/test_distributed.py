@@ -160,6 +160,14 @@ def test_job_layout_and_ssh_commands(tmp_path):
     cmd = training_command(["train", "r.toml"])
     assert cmd[-2:] == ["--kvstore", "dist_sync"] and cmd[:3] == [sys.executable, "-m", "gluon_tricks"]
     assert training_command(["train", "r.toml", "--kvstore", "dist_async"])[-1] == "dist_async"
+    # GPU contexts: MXNet's dist_sync would reduce each worker's GPUs on the CPU (CommCPU);
+    # dist_device_sync reduces them on a GPU (CommDevice) before the push (review finding 14)
+    for gpus in (["--ctx", "gpu:0-7"], ["--ctx=gpu:0,gpu:1"], ["--set", 'system.ctx="gpu:0-3"'],
+                 ["--set=system.ctx=gpu:0"]):
+        assert training_command(["train", "r.toml"] + gpus)[-2:] == ["--kvstore", "dist_device_sync"]
+    for not_gpus in (["--ctx", "cpu:0,cpu:1"], ["--ctx", "auto"], ["--set", 'model.name="gpu_net"']):
+        assert training_command(["train", "r.toml"] + not_gpus)[-2:] == ["--kvstore", "dist_sync"]
+    assert training_command(["train", "r.toml", "--ctx", "gpu:0", "--kvstore=dist_async"])[-1] == "--kvstore=dist_async"
     roles = plan(3, 2, cmd, hosts, port=9100, root_uri="10.0.0.1", workdir="/srv/gt")
     assert [n for n, _, _ in roles] == ["scheduler", "server 0", "server 1", "worker 0 on node-a",
                                         "worker 1 on node-b", "worker 2 on node-a"]

@@ -152,17 +152,29 @@ class Mixer:
         return self.enabled and s.off_first_epochs <= epoch < self.epochs - s.off_last_epochs
 
     def plan(self, n: int, h: int, w: int, epoch: int, rng: np.random.Generator) -> MixPlan | None:
+        mix = self.draw(epoch, rng)
+        return None if mix is None else self.plan_for(mix, n, h, w, rng)
+
+    def draw(self, epoch: int, rng: np.random.Generator) -> tuple | None:
+        """A batch's mix: (kind, lambda, lambda_w), lambda_w for tile only; None: no mixing."""
         if not self.active(epoch):
             return None
         s = self.spec
         kind = s.kind if s.kind != "random" else s.choices[rng.integers(len(s.choices))]
         lam = float(rng.beta(s.alpha, s.alpha))
         if kind == "tile":
-            lam_w = float(rng.beta(s.alpha, s.alpha))
+            return kind, lam, float(rng.beta(s.alpha, s.alpha))
+        if kind in s.min_lambda_kinds and lam < s.min_lambda:
+            lam = 1.0  # the follow-up's stitch code: a tiny lambda means "do not mix"
+        return kind, lam, None
+
+    def plan_for(self, mix: tuple, n: int, h: int, w: int, rng: np.random.Generator) -> MixPlan:
+        """The plan of a drawn mix for a slice of n images (its partners drawn from `rng`)."""
+        s = self.spec
+        kind, lam, lam_w = mix
+        if kind == "tile":
             plan = tile_plan(n, h, w, lam, lam_w, tile_partners(n, s.partner, rng))
         else:
-            if kind in s.min_lambda_kinds and lam < s.min_lambda:
-                lam = 1.0  # the follow-up's stitch code: a tiny lambda means "do not mix"
             partner = partners(n, s.partner, rng)[0]
             if kind == "interpolation":
                 plan = interpolation_plan(n, h, w, lam, partner)
@@ -171,14 +183,23 @@ class Mixer:
         return plan.padded(self.sources)
 
     def mix(self, images: list, targets: list, epoch: int, rng: np.random.Generator) -> tuple[list, list]:
-        """Each device's slice of a batch (NCHW images, (N, K) soft targets) mixed by one plan
-        drawn from `rng`; unchanged in an epoch without mixing."""
-        n, _, h, w = images[0].shape
-        plan = self.plan(n, h, w, epoch, rng)
-        if plan is None:
+        """Each device's slice of a batch (NCHW images, (N, K) soft targets) mixed within itself
+        by one mix drawn from `rng` (one kind and lambda per batch); unchanged in an epoch without
+        mixing. Slices of one size share one plan; an uneven split (22, 21, 21 images) has a plan
+        per size, the first size's drawn first, so an even split draws exactly one plan."""
+        _, _, h, w = images[0].shape
+        mix = self.draw(epoch, rng)
+        if mix is None:
             return images, targets
-        mixed = [self.block(x, y, mx.nd.array(plan.orders, ctx=x.context), mx.nd.array(plan.masks, ctx=x.context),
-                            mx.nd.array(plan.weights, ctx=x.context)) for x, y in zip(images, targets)]
+        plans = {}
+        for x in images:
+            if x.shape[0] not in plans:
+                plans[x.shape[0]] = self.plan_for(mix, x.shape[0], h, w, rng)
+        mixed = []
+        for x, y in zip(images, targets):
+            plan = plans[x.shape[0]]
+            mixed.append(self.block(x, y, mx.nd.array(plan.orders, ctx=x.context),
+                                    mx.nd.array(plan.masks, ctx=x.context), mx.nd.array(plan.weights, ctx=x.context)))
         return [m[0] for m in mixed], [m[1] for m in mixed]
 
 
