@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from gluon_tricks.recipe import ZOO_TAG, Recipe, teacher_path
+from gluon_tricks.recipe import Recipe, parse_teacher
 
 # Sections that say how to run, not what to compute; `source` enters a run's identity only
 # through the BatchNorm group it implies (see `content_hash`).
@@ -144,9 +144,10 @@ def teacher_identity(distill: dict) -> str:
       does not retrain its students: pass --overwrite, or export to a new path.
     """
     source = distill["teacher"]
-    path = teacher_path(source)
+    parsed = parse_teacher(source)
+    path = parsed.path
     if path is None:
-        if ZOO_TAG.fullmatch(source):
+        if parsed.tag:
             return source
         from gluoncv.model_zoo import model_store  # deferred: only zoo-name teachers need GluonCV
 

@@ -34,22 +34,24 @@ def data_missing(spec) -> tuple[list[str], str]:
 
 def teacher_missing(spec) -> tuple[list[str], str]:
     from gluon_tricks.errors import UserError
-    from gluon_tricks.models import zoo_source, zoo_weights_file
-    from gluon_tricks.recipe import teacher_path
+    from gluon_tricks.recipe import parse_teacher
 
     if not spec.teacher:
         return [], ""
-    path = teacher_path(spec.teacher)
-    if path is not None:
+    try:
+        source = parse_teacher(spec.teacher)
+    except UserError as e:
+        return [f"{spec.teacher} ({e})"], ""
+    if source.path is not None:
         how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export)" if spec.teacher_recipe
                else "teacher/train_teacher.sh (docs/reproduce.md)")
-        return ([] if path.is_file() else [str(path)]), how
-    from gluon_tricks.models import pretrained_copy
+        return ([] if source.path.is_file() else [str(source.path)]), how
+    from gluon_tricks.models import pretrained_copy, zoo_weights_file
 
     try:
         if pretrained_copy(spec.teacher) is not None:
             return [], ""  # the data directory's copy of the same weights
-        expected = zoo_weights_file(*zoo_source(spec.teacher))
+        expected = zoo_weights_file(source.zoo_name, source.tag)
     except UserError as e:
         return [f"{spec.teacher} ({e})"], ""
     return ([] if expected.is_file() else [str(expected)]), "GluonCV downloads it on first use (needs internet)"
@@ -58,12 +60,12 @@ def teacher_missing(spec) -> tuple[list[str], str]:
 def missing_inputs(recipes) -> list[str]:
     """What the recipes need that is neither here nor fetched on first use: teacher .params files,
     ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
-    from gluon_tricks.recipe import teacher_path
+    from gluon_tricks.recipe import parse_teacher
 
     out = []
     for recipe in recipes:
         needs = []
-        if recipe.distill.teacher and teacher_path(recipe.distill.teacher) is not None:
+        if recipe.distill.teacher and parse_teacher(recipe.distill.teacher).path is not None:
             needs.append(teacher_missing(recipe.distill))
         if recipe.data.dataset in ("recordio", "imagefolder"):
             needs.append(data_missing(recipe.data))

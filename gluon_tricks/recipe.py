@@ -123,7 +123,7 @@ class MixupSpec:
 class DistillSpec:
     # "" = off; a zoo name (its default pretrained weights), a zoo name with a weights tag,
     # "<zoo name>:<first 8 hex digits of the weights' sha1>" (GluonCV's `pretrained='<tag>'`,
-    # e.g. "resnet152_v1d:cfe0220d"), or a path to a .params file
+    # e.g. "resnet152_v1d:cfe0220d"), or a path to a .params file (read by `parse_teacher`)
     teacher: str = ""
     teacher_model: str = ""  # the teacher's zoo architecture when `teacher` is a .params file
     # The recipe whose trained run the .params `teacher` is exported from (teacher/train_teacher.sh,
@@ -251,19 +251,15 @@ def _build(raw: dict, source: str) -> Recipe:
     return recipe
 
 
-ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")  # a GluonCV zoo name and a weights hashtag
-
-
 def _teacher_problems(d: DistillSpec) -> list[str]:
-    problems = []
-    if ":" in d.teacher and not d.teacher.endswith(".params") and "/" not in d.teacher \
-            and not ZOO_TAG.fullmatch(d.teacher):
-        problems.append(f"distill.teacher = {d.teacher!r}: a zoo teacher with a weights tag is written "
-                        "<zoo name>:<8 hex digits>, e.g. resnet152_v1d:cfe0220d")
-    if d.teacher_recipe and teacher_path(d.teacher) is None:
-        problems.append(f"distill.teacher_recipe names the recipe a .params teacher file is exported from, but "
-                        f"distill.teacher = {d.teacher!r} is not a .params file; remove teacher_recipe")
-    return problems
+    try:
+        source = parse_teacher(d.teacher) if d.teacher else None
+    except UserError as e:
+        return [f"distill.teacher = {e}"]
+    if d.teacher_recipe and (source is None or source.path is None):
+        return [f"distill.teacher_recipe names the recipe a .params teacher file is exported from, but "
+                f"distill.teacher = {d.teacher!r} is not a .params file; remove teacher_recipe"]
+    return []
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -392,16 +388,36 @@ def explicit_keys(path: str | Path, overrides: list[str] = ()) -> set[str]:
             for kk in (v if isinstance(v, dict) else [None])}
 
 
-def teacher_path(source: str) -> Path | None:
-    """The .params file a `distill.teacher` names (as given, or relative to the project,
-    where recipes name teacher/... files), or None when it names zoo weights."""
-    if not (source.endswith(".params") or os.sep in source or Path(source).exists()):
-        return None
-    path = Path(source)
-    project_path = Path(__file__).resolve().parent.parent / source
-    if not path.is_absolute() and not path.exists() and project_path.exists():
-        path = project_path
-    return path
+# A GluonCV zoo name and the short hash (first 8 hex digits of the SHA-1) of one published
+# version of its weights: what `get_model(name, pretrained='<tag>')` loads.
+ZOO_TAG = re.compile(r"[A-Za-z0-9_.\-]+:[0-9a-f]{8}")
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """What a `distill.teacher` (or zoo-weights) text names: a .params file, or a zoo network's
+    published weights, one version (`tag`) or the zoo's current one (None)."""
+    path: Path | None = None
+    zoo_name: str = ""
+    tag: str | None = None
+
+
+def parse_teacher(text: str) -> TeacherSource:
+    """The one reading of a teacher source. A file: ends in .params, holds a path separator or
+    exists (a relative path is also looked up under the project, where recipes name teacher/...
+    files). Else zoo weights: `name` or `name:tag` (ZOO_TAG); any other tag is a UserError."""
+    if text.endswith(".params") or os.sep in text or Path(text).exists():
+        path = Path(text)
+        project_path = Path(__file__).resolve().parent.parent / text
+        if not path.is_absolute() and not path.exists() and project_path.exists():
+            path = project_path
+        return TeacherSource(path=path)
+    name, sep, tag = text.partition(":")
+    if sep and not ZOO_TAG.fullmatch(text):
+        raise UserError(f"{text!r}: zoo weights with a tag are written <zoo name>:<8 hex digits>, GluonCV's "
+                        "hexadecimal short hash of one published version (e.g. resnet152_v1d:cfe0220d), or as "
+                        "the name alone for the zoo's current weights")
+    return TeacherSource(zoo_name=name, tag=tag if sep else None)
 
 
 def to_toml(recipe: Recipe) -> str:
