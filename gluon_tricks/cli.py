@@ -33,7 +33,8 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from gluon_tricks.recipe import explicit_keys, load_recipe, run_warnings
+    from gluon_tricks.identity import run_warnings
+    from gluon_tricks.recipe import explicit_keys, load_recipe
     from gluon_tricks.results import run_dir_for
     from gluon_tricks.tables import run_hash  # with the BatchNorm group these devices give
 
@@ -68,7 +69,8 @@ def cmd_eval(args) -> int:
 
 def cmd_recipes(args) -> int:
     if args.show:
-        from gluon_tricks.recipe import content_hash, load_recipe, to_toml
+        from gluon_tricks.identity import content_hash
+        from gluon_tricks.recipe import load_recipe, to_toml
 
         recipe = load_recipe(find_recipe(args.show), _overrides(args))
         print(f"# {shown(recipe.name)}: content hash {content_hash(recipe)} (every `extends` and --set resolved)")
@@ -90,8 +92,9 @@ def cmd_tables(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from gluon_tricks.doctor import missing_inputs
-    from gluon_tricks.tables import load_table, render, run_table
+    from gluon_tricks.needs import missing_inputs
+    from gluon_tricks.report import render
+    from gluon_tricks.tables import load_table, run_table
 
     table = load_table(recipes_root(), args.name)
     if args.run:
@@ -116,7 +119,8 @@ def cmd_schedule(args) -> int:
 
 def cmd_export(args) -> int:
     from gluon_tricks.errors import UserError, shown
-    from gluon_tricks.results import RunDir, atomic_copy
+    from gluon_tricks.atomic import atomic_copy
+    from gluon_tricks.results import RunDir
 
     out = Path(args.out)
     if (out.exists() or out.is_symlink()) and not args.overwrite:  # probe 6.3: a teacher was replaced unasked
@@ -137,14 +141,18 @@ def cmd_export(args) -> int:
 
 def cmd_plot(args) -> int:
     from gluon_tricks.plots import plot_table
-    from gluon_tricks.tables import load_table
+    from gluon_tricks.report import write_markdown
+    from gluon_tricks.tables import collect, load_table
 
     table = load_table(recipes_root(), args.name)
     runs = Path(args.runs) if args.runs else runs_root()
     out = Path(args.out) if args.out else runs / "tables" / args.name
-    for path in plot_table(table, out, runs_root=runs, iters_per_epoch=args.iters_per_epoch, seeds=args.seeds,
-                           epochs_scale=args.epochs_scale, overrides=list(args.set or [])):
+    overrides = list(args.set or [])
+    rows = collect(table, args.seeds, args.epochs_scale, runs, overrides)
+    for path in plot_table(table, out, rows, iters_per_epoch=args.iters_per_epoch, epochs_scale=args.epochs_scale,
+                           overrides=overrides):
         print(path)
+    print(write_markdown(table, rows, out, args.seeds, args.epochs_scale))
     return 0
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gluon_tricks import cuda_libs
 from gluon_tricks.errors import first_line
+from gluon_tricks.needs import data_missing, teacher_missing
 from gluon_tricks.paths import cores as machine_cores, mxnet_home, recipes_root, runs_root
 
 FEATURES = ("CUDA", "CUDNN", "NCCL", "DIST_KVSTORE")
@@ -295,69 +296,6 @@ def omp_lines(env=None, cores: int | None = None) -> list[Line]:
     return [Line("OK", f"OMP_NUM_THREADS={value} of {cores} cores")]
 
 
-def data_missing(spec) -> tuple[list[str], str]:
-    """(missing files, how to get them) for a recipe's data section."""
-    from gluon_tricks.data.cifar import FORMAT_OF, MINI_RECORDS, _find_files, default_root, mini_present, mini_roots
-
-    if spec.dataset in MINI_RECORDS:
-        roots = [Path(spec.root)] if spec.root else mini_roots(spec.dataset)
-        if any(mini_present(r, spec.dataset) for r in roots):
-            return [], ""
-        return [f"{roots[-1]}/ ({spec.dataset})"], \
-            "cut from the official archive on the first run (needs internet), or set GLUON_TRICKS_DATA (README: Data)"
-    if spec.dataset in FORMAT_OF:  # cifar10, cifar100
-        root = Path(spec.root) if spec.root else default_root(spec.dataset)
-        ok = all(_find_files(root, FORMAT_OF[spec.dataset], train) for train in (True, False))
-        return ([] if ok else [f"{root}/ ({spec.dataset})"]), "downloaded on the first run (needs internet)"
-    root = Path(spec.root) if spec.root else mxnet_home() / "datasets" / "imagenet"
-    if spec.dataset == "recordio":
-        need = [n for n in ("train.rec", "train.idx", "val.rec", "val.idx") if not (root / n).is_file()]
-        return ([f"{root}/{{{','.join(need)}}}"] if need else []), \
-            f"gluon-tricks prepare IMAGES/train {root}/train (and val)"
-    need = [root / "train", root / "val"]
-    return [f"{p}/" for p in need if not p.is_dir()], "class folders train/ and val/ (docs/imagenet.md)"
-
-
-def teacher_missing(spec) -> tuple[list[str], str]:
-    from gluon_tricks.errors import UserError
-    from gluon_tricks.models import zoo_source, zoo_weights_file
-    from gluon_tricks.recipe import teacher_path
-
-    if not spec.teacher:
-        return [], ""
-    path = teacher_path(spec.teacher)
-    if path is not None:
-        how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export)" if spec.teacher_recipe
-               else "teacher/train_teacher.sh (docs/reproduce.md)")
-        return ([] if path.is_file() else [str(path)]), how
-    from gluon_tricks.models import pretrained_copy
-
-    try:
-        if pretrained_copy(spec.teacher) is not None:
-            return [], ""  # the data directory's copy of the same weights
-        expected = zoo_weights_file(*zoo_source(spec.teacher))
-    except UserError as e:
-        return [f"{spec.teacher} ({e})"], ""
-    return ([] if expected.is_file() else [str(expected)]), "GluonCV downloads it on first use (needs internet)"
-
-
-def missing_inputs(recipes) -> list[str]:
-    """What the recipes need that is neither here nor fetched on first use: teacher .params files,
-    ImageNet folders and records; one "what -> how to get it" each, every recipe's at once."""
-    from gluon_tricks.recipe import teacher_path
-
-    out = []
-    for recipe in recipes:
-        needs = []
-        if recipe.distill.teacher and teacher_path(recipe.distill.teacher) is not None:
-            needs.append(teacher_missing(recipe.distill))
-        if recipe.data.dataset in ("recordio", "imagefolder"):
-            needs.append(data_missing(recipe.data))
-        for missing, how in needs:
-            out += [line for line in (f"{m} -> {how}" if how else m for m in missing) if line not in out]
-    return out
-
-
 def table_lines(root: Path | None = None) -> list[Line]:
     from gluon_tricks.errors import UserError
     from gluon_tricks.tables import load_table, row_recipes, table_names
@@ -400,7 +338,7 @@ def layout_lines(name: str, overrides=(), root: Path | None = None) -> list[Line
     differ (another training, another result), with the setting that restores the paper's."""
     from gluon_tricks.devices import planned_layout
     from gluon_tricks.errors import UserError
-    from gluon_tricks.recipe import source_bn_group
+    from gluon_tricks.identity import source_bn_group
     from gluon_tricks.tables import load_table, row_recipes
 
     table = load_table(root or recipes_root(), name)

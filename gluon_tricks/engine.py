@@ -3,7 +3,7 @@
 `train` reads as its parts: `_setup` (check every input, build the Setup), `_restore`
 (the trainer and the Position to continue from), `_train_epoch` per epoch, and
 `_summarize` (the result, a pure function of the metrics rows). Devices and data
-parallelism live in devices.py; the console (StopFlag, Progress) is at the end of this file.
+parallelism live in devices.py; what watches the loop (LossWindow, StopFlag, Progress) in watch.py.
 
 Per step (`_train_step`): a prefetched host batch (augmented images, integer labels)
 gets the recipe's smoothed targets, is split over the devices, and is mixed on each
@@ -20,7 +20,6 @@ must know before each update whether the gradients overflowed.
 from __future__ import annotations
 
 import gc
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,20 +30,24 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from gluon_tricks import recipe as recipe_mod
+from gluon_tricks.checkpoints import check_trainer_states
 from gluon_tricks.data import make_streams
 from gluon_tricks.data.streams import RNG_MIX, TestStream, TrainStream, step_rng
 from gluon_tricks.devices import (Dist, HostReads, Layout, device_split, eval_split, gather, is_out_of_memory,
-                                  make_dist, micro_slices, out_of_memory_message, parse_ctx, plan_layout)
+                                  load_unsynced, make_dist, micro_slices, out_of_memory_message, parse_ctx,
+                                  plan_layout, save_unsynced)
 from gluon_tricks.errors import DivergenceError, Interrupted, OutOfMemory, UserError
+from gluon_tricks.identity import content_hash, source_bn_group
 from gluon_tricks.models import build_model, load_teacher
 from gluon_tricks.recipe import Recipe
-from gluon_tricks.results import RunDir, check_trainer_states, provenance
+from gluon_tricks.results import RunDir, provenance
 from gluon_tricks.tricks.distill import DistillStep, renormalization
 from gluon_tricks.tricks.losses import StudentLoss
 from gluon_tricks.tricks.mixing import Mixer
 from gluon_tricks.tricks.optim import make_optimizer
 from gluon_tricks.tricks.precision import LossScaler, check_dtype, checks_reduced, optimizer_step
 from gluon_tricks.tricks.smoothing import smooth_targets
+from gluon_tricks.watch import LossWindow, Progress, StopFlag, weights_finite
 
 
 def train(recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -69,7 +72,7 @@ def _train(recipe, run_dir, resume, overwrite, progress, max_steps, params_out) 
     except mx.base.MXNetError as e:
         if is_out_of_memory(e):  # a one-line fix instead of MXNet's multi-line report
             raise OutOfMemory(out_of_memory_message(setup.contexts, setup.layout,
-                                                    recipe_mod.source_bn_group(recipe))) from None
+                                                    source_bn_group(recipe))) from None
         raise
     finally:  # the run directory's lock (results.RunDir.lock) ends with the run
         setup.run.unlock()
@@ -99,7 +102,7 @@ def _train_set_up(setup, recipe, resume, max_steps, params_out) -> dict:
     result = _summarize(recipe, setup.recipe_hash, rows, position.best, setup.scaler.skipped, setup.dist.workers,
                         setup.train_images, len(setup.test_stream))
     result.update(teacher_scores(setup))
-    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=recipe_mod.source_bn_group(recipe))
+    result["layout"] = dict(setup.layout.as_dict(), source_bn_group=source_bn_group(recipe))
     result.update(provenance(setup.contexts))
     result["segments"] = position.segments
     if setup.dist.is_chief:
@@ -167,7 +170,7 @@ def _setup(recipe, run_dir: Path, resume: bool, overwrite: bool, progress: bool)
 
     streams = make_streams(recipe, dist.rank, dist.workers, contexts)
     classes = streams.classes
-    recipe_hash = recipe_mod.content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
+    recipe_hash = content_hash(recipe, layout.bn_group)  # another BatchNorm group: another run
     mx.random.seed(recipe.seed)
     np.random.seed(recipe.seed)
 
@@ -256,7 +259,7 @@ def _restore(setup: Setup, resume: bool) -> tuple[Position, gluon.Trainer]:
             trainer.load_states(str(ckpt.trainer_states))
             # after load_states: it broadcasts device 0's copy of every parameter to the others
             if ckpt.device_states is not None and ckpt.state.get("devices") == [str(c) for c in setup.contexts]:
-                _load_device_states(setup, ckpt.device_states)
+                load_unsynced(setup.net, setup.contexts, ckpt.device_states)
         setup.scaler.load(ckpt.state["scaler"])
         position.best = ckpt.state["best"]
         position.load_partial_epoch(ckpt.state.get("partial_epoch", {}))
@@ -294,35 +297,9 @@ def _save(setup: Setup, trainer, position: Position):
     save_device_states = None
     if len(setup.contexts) > 1:
         def save_device_states(path):
-            mx.nd.save(path, {f"{i}/{name}": p.data(ctx) for name, p in _unsynced_params(setup.net).items()
-                              for i, ctx in enumerate(setup.contexts)})
+            save_unsynced(setup.net, setup.contexts, path)
     return setup.run.save_checkpoint(position.epoch, position.step, state, setup.net.save_parameters, save_trainer,
                                      keep=setup.recipe.system.keep_checkpoints, save_device_states=save_device_states)
-
-
-def _unsynced_params(net) -> dict:
-    """The parameters no optimizer step keeps equal across devices (grad_req "null": BatchNorm's
-    running mean and variance), by their structural names (as save_parameters names them)."""
-    return {name: p for name, p in net._collect_params_with_prefix().items() if p.grad_req == "null"}
-
-
-def _load_device_states(setup: Setup, path: Path) -> None:
-    """Give each device back its own copy of the unsynced parameters. load_parameters gave every
-    device the mean of the copies (what Gluon saves), which a resumed run would continue from: the
-    BatchNorm statistics then differed from an uninterrupted run's by 1-4 ulp (probe 2.3)."""
-    saved = mx.nd.load(str(path))
-    for name, p in _unsynced_params(setup.net).items():
-        for i, ctx in enumerate(setup.contexts):
-            key = f"{i}/{name}"
-            if key in saved:
-                p.data(ctx)[:] = saved[key]
-
-
-def weights_finite(net, ctx, read) -> bool:
-    """Every parameter (BatchNorm statistics included) is finite: one flag per array on
-    the device, one host read."""
-    flags = [mx.nd.contrib.isfinite(p.data(ctx)).min().reshape((1,)) for p in net.collect_params().values()]
-    return bool(read(mx.nd.concat(*flags, dim=0)).min()) if flags else True
 
 
 def _train_epoch(setup: Setup, trainer, position: Position, epoch: int, stop: StopFlag) -> dict:
@@ -469,108 +446,3 @@ def evaluate(net, test_stream, contexts, dtype: str, read) -> tuple[float, float
     c1, c5 = read(mx.nd.concat(*[mx.nd.concat(a, b, dim=0).as_in_context(contexts[0])
                                   for a, b in zip(correct1, correct5)], dim=0)).reshape(-1, 2).sum(axis=0)
     return 100.0 * c1 / n, 100.0 * c5 / n
-
-
-class LossWindow:
-    """The last few steps' losses, kept on the device and read in one go.
-
-    Reading a loss every step would make the host wait for the device each step;
-    reading every `interval` steps keeps the device fed, bounds how far Python runs
-    ahead of it (queued inputs hold memory), and still names the exact step whose
-    loss first became NaN/Inf."""
-
-    def __init__(self, interval: int, read):
-        self.interval = max(1, interval)
-        self.read = read  # the run's counted host reader (devices.HostReads)
-        self.steps, self.losses = [], []
-
-    def add(self, step: int, loss) -> bool:
-        self.steps.append(step)
-        self.losses.append(loss.reshape((1,)))
-        return len(self.steps) >= self.interval
-
-    def check(self, epoch: int, run) -> None:
-        if not self.steps:
-            return
-        values = self.read(gather(self.losses))
-        steps, self.steps, self.losses = self.steps, [], []
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            last = run.latest_checkpoint(quiet=True)
-            where = f"last good checkpoint {last.path}" if last else "no checkpoint yet"
-            raise DivergenceError(f"loss is {values[bad[0]]} at epoch {epoch + 1}, step {steps[bad[0]]}: "
-                                  f"training diverged ({where}); lower optim.lr, add warm-up, or check the data")
-
-
-class StopFlag:
-    """When to stop early with a checkpoint. First Ctrl-C (or SIGTERM): finish the step,
-    checkpoint, exit; second: exit at once. `max_steps` stops the same way after that
-    many steps of this process (tests interrupt a run at a known point with it)."""
-
-    def __init__(self, max_steps: int | None = None):
-        self.requested = False
-        self.max_steps, self.steps_done = max_steps, 0
-        self._old = None
-
-    def __enter__(self):
-        if threading_main():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-            signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        # The main thread soon waits inside MXNet (waitall, asnumpy) for every queued step,
-        # where no Python handler can run: the default action makes a second signal end the
-        # process at once (a kill mid-save leaves the previous checkpoint, see results.py).
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def after_step(self) -> bool:
-        """Count one step; True when training must stop now."""
-        self.steps_done += 1
-        return self.requested or (self.max_steps is not None and self.steps_done >= self.max_steps)
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-class Progress:
-    """A bar per epoch on a terminal; plain lines otherwise (CI, nohup, tests)."""
-
-    def __init__(self, enabled: bool, total_epochs: int):
-        self.enabled, self.total = enabled, total_epochs
-        self.tty = enabled and sys.stderr.isatty()
-        self.bar = None
-
-    def start(self, epoch: int, steps: int, done: int):
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch + 1}/{self.total}", leave=False,
-                            unit="step", dynamic_ncols=True)
-
-    def step(self):
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def end(self, row: dict):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if self.enabled:
-            tested = "not tested" if row["top1"] is None else f"top1 {row['top1']:.2f}  top5 {row['top5']:.2f}"
-            print(f"epoch {row['epoch'] + 1:>3}/{self.total}  loss {row['train_loss']:.4f}  "
-                  f"{tested}  lr {row['lr']:.5f}  "
-                  f"{row['seconds']:.1f}s  {row['images_per_sec']:.0f} img/s", flush=True)

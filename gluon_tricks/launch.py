@@ -154,44 +154,76 @@ class _Stop(Exception):
         self.signum = signum
 
 
+class Roles:
+    """The job's processes: started in plan order, watched, and stopped workers first."""
+
+    def __init__(self):
+        self.all: list[Role] = []
+        self.hurry = False  # a second signal while stopping: no more waiting
+        self.failed: Role | None = None
+
+    def group(self, kind: str) -> list[Role]:
+        return [r for r in self.all if r.name.split()[0] == kind]
+
+    def start(self, planned: list[tuple[str, list[str], dict]]) -> None:
+        for name, argv, env in planned:
+            self.all.append(Role(name, subprocess.Popen(argv, env=dict(os.environ, **env), preexec_fn=_child_setup)))
+            print(f"launch: started {name} (pid {self.all[-1].proc.pid})", file=sys.stderr, flush=True)
+
+    def watch(self, timeout: float | None) -> int:
+        """Poll until the job ends: 0 when every worker exited 0, 1 when a role failed (named in
+        `failed`) or the job ran past `timeout` seconds."""
+        t0 = time.time()
+        while True:
+            if all(r.proc.poll() == 0 for r in self.group("worker")):
+                return 0
+            for r in self.all:
+                code = r.proc.poll()
+                # The scheduler and servers exit 0 once the workers deregister, just before
+                # the worker processes themselves end: only a non-zero exit is a failure.
+                if code not in (None, 0):
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    print(f"launch: {r.name} (pid {r.proc.pid}) {how}; stopping the job", file=sys.stderr, flush=True)
+                    self.failed = r
+                    return 1
+            if timeout and time.time() - t0 > timeout:
+                print(f"launch: the job ran past --timeout {timeout:g}s; stopping it", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.2)
+
+    def stop(self, worker_grace: float = WORKER_GRACE) -> None:
+        def again(signum, frame):
+            self.hurry = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, again)
+        # Workers first, while the servers still answer: their last step's push/pull and the
+        # checkpoint need them (SIGINT: the engine finishes the step and checkpoints).
+        self._signal_and_wait(self.group("worker"), signal.SIGINT, worker_grace)
+        self._signal_and_wait(self.group("server"), signal.SIGTERM, ROLE_GRACE)
+        self._signal_and_wait(self.group("scheduler"), signal.SIGTERM, ROLE_GRACE)
+
+    def _signal_and_wait(self, group: list[Role], sig: int, grace: float) -> None:
+        """Send `sig` to the live processes of `group`; SIGKILL whatever outlives `grace` seconds."""
+        for r in group:
+            if r.proc.poll() is None:
+                r.proc.send_signal(sig)
+        deadline = time.time() + grace
+        for r in group:
+            while r.proc.poll() is None and time.time() < deadline and not self.hurry:
+                time.sleep(0.1)
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait()
+
+
 def run(workers: int, servers: int, command: list[str], hostfile: str | None = None, port: int = 0,
         timeout: float | None = None) -> int:
     if workers < 1 or servers < 1:
         raise UserError("launch needs at least one worker (-n) and one server (-s)")
     hosts = read_hostfile(Path(hostfile)) if hostfile else None
     command = training_command(command)
-    roles: list[Role] = []
-    t0 = time.time()
-    hurry = {"now": False}
-
-    def wait(group: list[Role], seconds: float) -> None:
-        deadline = time.time() + seconds
-        for r in group:
-            while r.proc.poll() is None and time.time() < deadline and not hurry["now"]:
-                time.sleep(0.1)
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait()
-
-    def stop_all(worker_grace: float = WORKER_GRACE):
-        # A second signal while stopping: no more waiting, kill what is left.
-        def again(signum, frame):
-            hurry["now"] = True
-
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, again)
-        workers_ = [r for r in roles if r.name.startswith("worker")]
-        # Workers first, while the servers still answer: their last step's push/pull and the
-        # checkpoint need them (SIGINT: the engine finishes the step and checkpoints).
-        for r in workers_:
-            if r.proc.poll() is None:
-                r.proc.send_signal(signal.SIGINT)
-        wait(workers_, worker_grace)
-        for group in ([r for r in roles if r.name.startswith("server")], [r for r in roles if r.name == "scheduler"]):
-            for r in group:
-                if r.proc.poll() is None:
-                    r.proc.send_signal(signal.SIGTERM)
-            wait(group, ROLE_GRACE)
+    roles = Roles()
 
     def on_signal(signum, frame):
         raise _Stop(signum)
@@ -200,34 +232,16 @@ def run(workers: int, servers: int, command: list[str], hostfile: str | None = N
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:
-        for name, argv, env in plan(workers, servers, command, hosts, port):
-            roles.append(Role(name, subprocess.Popen(argv, env=dict(os.environ, **env), preexec_fn=_child_setup)))
-            print(f"launch: started {name} (pid {roles[-1].proc.pid})", file=sys.stderr, flush=True)
-        worker_roles = [r for r in roles if r.name.startswith("worker")]
-        while True:
-            if all(r.proc.poll() == 0 for r in worker_roles):
-                stop_all()
-                return 0
-            for r in roles:
-                code = r.proc.poll()
-                # The scheduler and servers exit 0 once the workers deregister, just before
-                # the worker processes themselves end: only a non-zero exit is a failure.
-                if code not in (None, 0):
-                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    print(f"launch: {r.name} (pid {r.proc.pid}) {how}; stopping the job", file=sys.stderr, flush=True)
-                    # With a role gone no step can complete: the others are likely stuck at a barrier.
-                    stop_all(worker_grace=ROLE_GRACE)
-                    return 1
-            if timeout and time.time() - t0 > timeout:
-                print(f"launch: the job ran past --timeout {timeout:g}s; stopping it", file=sys.stderr, flush=True)
-                stop_all()
-                return 1
-            time.sleep(0.2)
+        roles.start(plan(workers, servers, command, hosts, port))
+        status = roles.watch(timeout)
+        # With a role gone no step can complete: the others are likely stuck at a barrier.
+        roles.stop(worker_grace=ROLE_GRACE if roles.failed else WORKER_GRACE)
+        return status
     except (KeyboardInterrupt, _Stop) as e:
         signum = e.signum if isinstance(e, _Stop) else signal.SIGINT
         print(f"launch: {signal.Signals(signum).name}: stopping the workers (they checkpoint), then the servers",
               file=sys.stderr, flush=True)
-        stop_all()
+        roles.stop()
         return 128 + signum
     finally:
         for sig, handler in old_handlers.items():

@@ -19,7 +19,7 @@ from mxnet import init as mx_init
 
 from gluon_tricks.errors import UserError, first_line, shown
 from gluon_tricks.paths import mxnet_home
-from gluon_tricks.recipe import teacher_path
+from gluon_tricks.recipe import parse_teacher
 from gluon_tricks.tricks.zero_gamma import descendants, zero_gamma
 
 
@@ -44,16 +44,6 @@ def _get(name: str, **kwargs):
         return get_model(name, **kwargs)
     except TypeError as e:
         raise UserError(f"model {name!r} does not accept {sorted(kwargs)} ({e})") from None
-
-
-def zoo_source(text: str) -> tuple[str, str | None]:
-    """`name` or `name:tag` (a GluonCV short hash naming one published version of the
-    weights, e.g. `resnet152_v1d:cddbc86f`) -> (name, tag or None)."""
-    name, sep, tag = text.partition(":")
-    if sep and (not tag or any(c not in "0123456789abcdef" for c in tag.lower())):
-        raise UserError(f"zoo weights {text!r}: after the colon comes GluonCV's hexadecimal short hash, "
-                        "e.g. resnet152_v1d:cddbc86f (or no colon for the zoo's current weights)")
-    return name, (tag.lower() if sep else None)
 
 
 def zoo_weights_file(name: str, tag: str | None = None) -> Path:
@@ -85,7 +75,7 @@ def pretrained_copy(source: str) -> Path | None:
     """The data directory's copy of a zoo name's (or name:tag's) weights, when it holds one
     whose SHA-256 is the one listed in PRETRAINED_COPIES; else None."""
     from gluon_tricks.paths import data_dir
-    from gluon_tricks.recipe import teacher_identity
+    from gluon_tricks.identity import teacher_identity
 
     root = data_dir()
     known = PRETRAINED_COPIES.get(teacher_identity({"teacher": source, "teacher_recipe": ""})) if root else None
@@ -94,7 +84,7 @@ def pretrained_copy(source: str) -> Path | None:
     path = root / "pretrained" / known[0]
     if not path.is_file():
         return None
-    from gluon_tricks.results import sha256_file
+    from gluon_tricks.atomic import sha256_file
 
     if sha256_file(path) != known[1]:
         raise UserError(f"{shown(path)}: SHA-256 is not that of the listed copy of {source}'s weights; the copy is "
@@ -104,7 +94,7 @@ def pretrained_copy(source: str) -> Path | None:
 
 def _copy_hint(name: str, tag: str | None) -> str:
     """Where a data directory can supply these weights offline, if PRETRAINED_COPIES lists a copy."""
-    from gluon_tricks.recipe import teacher_identity
+    from gluon_tricks.identity import teacher_identity
 
     known = PRETRAINED_COPIES.get(teacher_identity({"teacher": f"{name}:{tag}" if tag else name, "teacher_recipe": ""}))
     return f", or set GLUON_TRICKS_DATA to a data directory holding pretrained/{known[0]}" if known else ""
@@ -114,7 +104,8 @@ def _pretrained(source: str, ctx, **kwargs):
     """A zoo network with its published weights, loaded straight onto every context of the
     run (GluonCV's default is cpu(0), which a GPU run cannot use); a one-line error naming
     the file GluonCV expected when the weights cannot be had (offline machine, unknown tag)."""
-    name, tag = zoo_source(source)
+    parsed = parse_teacher(source)
+    name, tag = parsed.zoo_name, parsed.tag
     _check_zoo_name(name)
     expected = zoo_weights_file(name, tag)
     try:
@@ -203,7 +194,8 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
         raise UserError("distill.teacher_dtype = \"float16\" needs GPU contexts: the MXNet CPU build has no "
                         "float16 matrix multiply; leave it unset on the CPU")
     src = spec.teacher
-    path = teacher_path(src)
+    parsed = parse_teacher(src)
+    path = parsed.path
     if path is not None:
         if not path.is_file():
             how = (f"train {spec.teacher_recipe} and export its run there (gluon-tricks export RUN_DIR {src})"
@@ -224,7 +216,7 @@ def load_teacher(spec, classes: int, ctx, dtype: str = "float32"):
     else:
         copy = pretrained_copy(src)
         if copy is not None:  # the data directory's copy: no download, the same weights
-            net = _get(zoo_source(src)[0])
+            net = _get(parsed.zoo_name)
             check_params_file(copy)
             net.load_parameters(str(copy), ctx=ctx)
         else:

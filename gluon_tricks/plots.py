@@ -152,7 +152,7 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
 
 
 def plot_differences(rows: list[dict], differences: list[dict | None], out: Path, title: str = "") -> Path:
-    """Each row's top-1 difference from its reference row (tables.row_differences) as a bar with
+    """Each row's top-1 difference from its reference row (report.row_differences) as a bar with
     its 95% Welch interval; rows without an interval (the first, fewer than 2 seeds) are left
     empty. A bar whose interval excludes 0 is drawn solid, the others hatched."""
     pos = np.arange(len(rows))
@@ -225,16 +225,16 @@ def plot_coarse_vs_fine(rows: list[dict], twins, out: Path, title: str = "") -> 
     return _save(fig, out)
 
 
-def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196, seeds: int | None = None,
-               epochs_scale: float = 1.0, overrides=()) -> list[Path]:
-    """The table's pictures, plus its markdown, into out_dir: schedules, curves, ours vs
-    paper, mixing examples; for a table that runs recipes on both CIFAR-100 label sets, also
-    coarse beside fine and one curves picture per label set; for a table that shows
-    differences, the bar chart of them with their intervals."""
-    from gluon_tricks.tables import collect, render, row_differences, row_recipes
+def plot_table(table, out_dir: Path, rows: list[dict], iters_per_epoch: int = 196, epochs_scale: float = 1.0,
+               overrides=()) -> list[Path]:
+    """The table's pictures into out_dir, from its rows as `tables.collect` gives them:
+    schedules, curves, ours vs paper, mixing examples; for a table that runs recipes on both
+    CIFAR-100 label sets, also coarse beside fine and one curves picture per label set; for a
+    table that shows differences, the bar chart of them with their intervals."""
+    from gluon_tricks.report import row_differences
+    from gluon_tricks.tables import row_recipes
 
     out_dir = Path(out_dir)
-    rows = collect(table, seeds, epochs_scale, runs_root, overrides)
     written = []
     if not table.out_of_scope:
         recipes = [row_recipes(r, 1, epochs_scale, overrides)[0] for r in table.rows]
@@ -252,6 +252,4 @@ def plot_table(table, out_dir: Path, runs_root=None, iters_per_epoch: int = 196,
         written.append(plot_differences(rows, row_differences(table, rows), out_dir / "differences.png", table.title))
     written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
-    (out_dir / "table.md").write_text(render(table, "md", seeds, epochs_scale, runs_root, overrides) + "\n")
-    written.append(out_dir / "table.md")
     return written

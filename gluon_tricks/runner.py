@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gluon_tricks.errors import Interrupted, UserError, shown
 from gluon_tricks.paths import cores
-from gluon_tricks.recipe import Recipe, content_hash
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import Recipe
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 

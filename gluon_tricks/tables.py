@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gluon_tricks.errors import UserError, shown
-from gluon_tricks.recipe import content_hash, load_recipe, scale_epochs, source_bn_group
+from gluon_tricks.identity import content_hash, source_bn_group
+from gluon_tricks.recipe import load_recipe, scale_epochs
 from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
@@ -220,7 +221,7 @@ def row_recipes(row: Row, seeds: int, epochs_scale: float, overrides=()) -> list
 def run_hash(recipe, devices: int | None = None) -> str:
     """The hash a run of `recipe` gets here: with the BatchNorm group of its layout on this
     machine (its --ctx, or `devices` for a --parallel row), so a faithful row finds the
-    faithful result and a row on other devices its own (recipe.content_hash)."""
+    faithful result and a row on other devices its own (identity.content_hash)."""
     from gluon_tricks.devices import planned_layout
 
     return content_hash(recipe, planned_layout(recipe, devices).bn_group)
@@ -272,7 +273,7 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     the same rows. `in_process` trains here instead (for a debugger); finished rows are then
     released by garbage collection only.
 
-    `missing_inputs(recipes)` lists what the pending runs need and lack (doctor.missing_inputs):
+    `missing_inputs(recipes)` lists what the pending runs need and lack (needs.missing_inputs):
     the table is refused before anything trains, not when the row that needs it starts, hours
     later (probe 1.14)."""
     if table.out_of_scope:
@@ -378,206 +379,6 @@ def _teacher_scores(distill, results: list[dict]) -> dict:
             out.update(teacher_top1=found[1]["final_top1"], teacher_top5=found[1]["final_top5"],
                        teacher_measured_by=f"the run of {distill.teacher_recipe}", test_images=found[1].get("test_images"))
     return out
-
-
-def teacher_notes(rows: list[dict]) -> list[str]:
-    """Under a table whose rows distill: each teacher's accuracy on the test set."""
-    notes, seen = [], set()
-    for r in rows:
-        if not r["teacher"] or not r["runs"] or r["teacher"] in seen:
-            continue
-        seen.add(r["teacher"])
-        if r["teacher_top1"] is None:
-            notes.append(f"teacher {r['teacher']}: accuracy not recorded (its students' runs predate the record)")
-        else:
-            notes.append(f"teacher {r['teacher']}: top-1 {r['teacher_top1']:.2f}, top-5 {r['teacher_top5']:.2f} "
-                         f"on the {r['test_images']} test images (measured by {r['teacher_measured_by']})")
-    return notes
-
-
-def _fmt(mean, std, runs, seeds: int = 1, listed: str = "") -> str:
-    """A cell: mean ± std, and "(runs/seeds)" when some seeds have no result, so a 2-seed mean is
-    never read as the 3-seed one the notes announce (red team 2, probes 5.1, 5.2)."""
-    if listed:
-        return "listed"
-    if mean is None:
-        return "not run"
-    text = f"{mean:.2f}" if runs < 2 else f"{mean:.2f} ± {std:.2f}"
-    return text + (f" ({runs}/{seeds})" if runs < seeds else "")
-
-
-def _paper(r: dict, metric: str) -> str:
-    v = r.get(f"paper_{metric}")
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    text = f"{v:.2f}"
-    if r.get(f"paper_{metric}_std") is not None:
-        text += f" ± {r[f'paper_{metric}_std']:.2f}"
-    if r.get(f"paper_{metric}_alt") is not None:
-        text += f" ({r[f'paper_{metric}_alt']:.2f})"
-    return text
-
-
-def _diff(ours, paper) -> str:
-    return "" if ours is None or not isinstance(paper, float) else f"{ours - paper:+.2f}"
-
-
-def bn_group_text(r: dict) -> str:
-    """"BN group 32, paper 256" for a row whose runs normalize over other groups than its paper."""
-    if not r.get("bn_group"):
-        return ""
-    ours, paper = r["bn_group"]
-    return f"BN group {ours}, paper {paper:g}"
-
-
-def row_differences(table: Table, rows: list[dict]) -> list[dict | None]:
-    """Per row of `collect`: None (no reference row), else {"reference": its label, "difference":
-    the Welch `Difference` of this row's seeds' top-1 from the reference's, or None when either
-    has fewer than 2 results}."""
-    from gluon_tricks.stats import welch_difference
-
-    out = []
-    for r, ref in zip(rows, reference_rows(table)):
-        if ref is None or r["listed"] or rows[ref]["listed"]:
-            out.append(None)
-            continue
-        out.append({"reference": rows[ref]["label"],
-                    "difference": welch_difference(rows[ref]["top1_values"], r["top1_values"])})
-    return out
-
-
-def _difference_cell(d: dict | None) -> str:
-    if d is None:
-        return ""
-    x = d["difference"]
-    if x is None:
-        return "n < 2"
-    return f"{x.diff:+.2f} [{x.low:+.2f}, {x.high:+.2f}]" + (" *" if x.excludes_zero else "")
-
-
-DIFFERENCES_NOTE = ("Δ top-1 [95% CI]: the row's mean top-1 minus that of the row under 'from', with a 95% "
-                    "interval from Welch's t over the seeds (unequal variances, Welch-Satterthwaite degrees of "
-                    "freedom); * marks an interval that excludes 0, a step larger than its seed noise; "
-                    "n < 2: fewer than 2 seeds with results on a side, no interval")
-
-
-def render(table: Table, fmt: str = "md", seeds: int | None = None, epochs_scale: float = 1.0, runs_root=None,
-           overrides=(), parallel: int | None = None) -> str:
-    seeds = seeds or table.seeds
-    rows = collect(table, seeds, epochs_scale, runs_root, overrides, parallel)
-    head = ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5", "s/epoch"]
-    body = []
-    for r in rows:
-        group = bn_group_text(r)
-        body.append([
-            r["label"] + (f" ({group})" if group else ""), "" if table.out_of_scope else _fmt(r["top1"], r["top1_std"], r["runs"], seeds, r["listed"]),
-            _paper(r, "top1"), _diff(r["top1"], r.get("paper_top1")),
-            "" if table.out_of_scope else _fmt(r["top5"], r["top5_std"], r["runs"], seeds, r["listed"]),
-            _paper(r, "top5"), _diff(r["top5"], r.get("paper_top5")),
-            "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
-        ])
-    differences = row_differences(table, rows) if table.differences else []
-    if differences:  # the seed count and the step from the reference row beside each mean
-        head[2:2] = ["n", "Δ top-1 [95% CI]", "from"]
-        for b, r, d in zip(body, rows, differences):
-            b[2:2] = [str(r["runs"]), _difference_cell(d), d["reference"] if d else ""]
-        if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
-            keep = [i for i, h in enumerate(head) if not h.startswith(("paper", "Δ top-1", "Δ top-5"))
-                    or h == "Δ top-1 [95% CI]"]
-            head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
-    hw = next((r["hardware"] for r in rows if r["hardware"]), None)
-    notes = []
-    if table.out_of_scope:
-        notes.append(f"out of scope: {table.out_of_scope}; the paper's numbers only")
-    if epochs_scale != 1.0:
-        notes.append(f"epochs scaled by {epochs_scale:g}: not comparable with the paper's full-length runs")
-    if hw:
-        notes.append(f"ran on {', '.join(map(str, hw.get('ctx', [])))} ({hw.get('machine')}, {hw.get('cpus')} CPUs)")
-    if seeds > 1:
-        notes.append(f"ours: mean ± std over {seeds} seeds; (k/{seeds}): only k seeds have results")
-    notes += [f"{r['label']}: {r['runs']} of {seeds} seeds have results; missing {'; '.join(r['missing'])}"
-              for r in rows if r["runs"] and r["missing"]]
-    if any(r.get("paper_top1_alt") is not None for r in rows):
-        notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
-    if differences:
-        notes.append(DIFFERENCES_NOTE)
-    if table.note:
-        notes.append(table.note)
-    notes += shared_result_notes(rows)
-    notes += teacher_notes(rows)
-    row_notes = [row_note(r) for r in rows]
-    if fmt == "csv":
-        import io
-
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
-                    "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"]
-                   + (["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []))
-        for i, r in enumerate(rows):
-            note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", bn_group_text(r), r["note"])
-                             if x)
-            extra = []
-            if differences:
-                d = differences[i]
-                x = d["difference"] if d else None
-                extra = [d["reference"] if d else ""] + ([x.diff, x.low, x.high, x.df] if x else [None] * 4)
-            w.writerow([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
-                        r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
-                        r["provenance"]] + extra)
-        return buf.getvalue().rstrip("\n")
-    if fmt == "latex":
-        def esc(s):
-            return str(s).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("%", r"\%").replace("_", r"\_")
-
-        lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
-                 r"\toprule", " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        lines += [r"\par\smallskip{\footnotesize " + esc(n) + "}" for n in notes + [n for n in row_notes if n]]
-        lines += [r"\caption{" + esc(table.title) + "}", r"\end{table}"]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines = [f"### {table.title}", "",
-             "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(b, widths)) + " |" for b in body]
-    if notes:
-        lines += [""] + [f"- {n}" for n in notes]
-    if any(row_notes):
-        lines += ["", "Rows: notes and where their settings come from", ""]
-        lines += [f"- {n}" for n in row_notes if n]
-    return "\n".join(lines)
-
-
-def row_note(r: dict) -> str:
-    """One line per row: its label, why it is not run, its note, and its provenance."""
-    parts = [f"listed, not run: {r['listed']}" if r["listed"] else "", r["note"],
-             f"settings: {r['provenance']}" if r["provenance"] else ""]
-    parts = [p for p in parts if p]
-    return f"{r['label']}: " + "; ".join(parts) if parts else ""
-
-
-def shared_result_notes(rows: list[dict]) -> list[str]:
-    """Rows whose recipes resolve to one training share one result; the paper printed a number
-    for each, so together they give two runs of one configuration: its run-to-run spread."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["hashes"]:
-            groups.setdefault(tuple(r["hashes"]), []).append(r)
-    notes = []
-    for same in groups.values():
-        if len(same) < 2:
-            continue
-        printed = [" / ".join(x for x in (_paper(r, "top1"), _paper(r, "top5")) if x) for r in same]
-        text = " and ".join(f'"{r["label"]}"' for r in same) + " are one training (one result)"
-        if sum(1 for p in printed if p) >= 2:
-            text += "; the paper printed " + " and ".join(p for p in printed if p) + \
-                    " for it: two runs of one configuration, i.e. its run-to-run spread"
-        notes.append(text)
-    return notes
 
 
 def list_tables(root: Path, runs_root=None) -> list[str]:

@@ -58,6 +58,25 @@ def test_prepare_labels_val_by_train_class_names(tmp_path):
         assert train_classes[label] == true_class(img)
 
 
+def test_train_class_index_keeps_train_numbers_and_names_classes_train_lacks():
+    from gluon_tricks.data.streams import train_class_index
+
+    assert train_class_index(["a", "c"], ["a", "b", "c"], "val") == [0, 2]  # by hand: c is train's third
+    assert train_class_index(["a", "b", "c"], ["a", "b", "c"], "val") == [0, 1, 2]
+    with pytest.raises(UserError, match=r"img/val has classes that train does not: 'd'"):
+        train_class_index(["a", "d"], ["a", "b", "c"], "img/val")
+
+
+def test_prepare_refuses_val_classes_train_lacks(tmp_path):
+    tree(tmp_path / "img" / "train", "ab")
+    tree(tmp_path / "img" / "val", "ac")
+    out = tmp_path / "rec"
+    prepare(tmp_path / "img" / "train", out / "train", workers=1, progress=False)
+    with pytest.raises(UserError, match="has classes that train does not: 'c'"):
+        prepare(tmp_path / "img" / "val", out / "val", workers=1, progress=False)
+    assert not (out / "val.rec").exists()
+
+
 def test_record_val_with_another_class_list_is_refused(tmp_path):
     tree(tmp_path / "img" / "train", "abc")
     tree(tmp_path / "img" / "val", "ac")

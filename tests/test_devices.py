@@ -14,7 +14,8 @@ from mxnet import gluon
 
 from gluon_tricks.devices import HostReads
 from gluon_tricks.engine import evaluate, train
-from gluon_tricks.recipe import content_hash, recipe_from_dict
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import recipe_from_dict
 
 
 class ArrayStream:
@@ -240,7 +241,8 @@ def test_auto_on_an_eight_gpu_machine_trains_a_one_gpu_recipe_on_one_device(tmp_
 def test_a_two_device_run_of_a_one_device_recipe_is_another_row_and_the_table_says_so(tmp_path, monkeypatch):
     from test_table_runs import finished, two_row_table
 
-    from gluon_tricks.tables import render, row_recipes, run_table
+    from gluon_tricks.report import render
+    from gluon_tricks.tables import row_recipes, run_table
 
     table = two_row_table(tmp_path / "recipes")  # batch 32, one device in its source
     two = ['system.ctx="cpu:0,cpu:1"']

@@ -14,7 +14,7 @@ from pathlib import Path
 import mxnet as mx
 import pytest
 
-from gluon_tricks import cuda_libs, doctor
+from gluon_tricks import cuda_libs, doctor, needs
 from gluon_tricks.doctor import Line, elf_needed, library_lines, omp_lines, pin_lines, requirement_pins
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +224,7 @@ def test_doctor_and_training_read_the_same_folders_with_a_literal_tilde(tmp_path
     monkeypatch.chdir(tmp_path)
     home = tmp_path / "data"
     r = recipe_from_dict({"data": {"dataset": "cifar100"}})
-    assert doctor.data_missing(r.data)[0] == [f"{home}/datasets/cifar100/ (cifar100)"]
+    assert needs.data_missing(r.data)[0] == [f"{home}/datasets/cifar100/ (cifar100)"]
     downloads = []
     monkeypatch.setattr(cifar, "_download", lambda root, name: downloads.append(root))  # no internet here
     with pytest.raises(UserError, match="no cifar100 training files"):
@@ -232,13 +232,13 @@ def test_doctor_and_training_read_the_same_folders_with_a_literal_tilde(tmp_path
     assert downloads == [home / "datasets" / "cifar100"]
     for dataset in ("recordio", "imagefolder"):
         r = recipe_from_dict({"data": {"dataset": dataset, "augment": "bot", "image_size": 32}})
-        missing = doctor.data_missing(r.data)[0]
+        missing = needs.data_missing(r.data)[0]
         assert missing and all(m.startswith(f"{home}/datasets/imagenet/") for m in missing), missing
         with pytest.raises(UserError, match=f"{home}/datasets/imagenet/"):
             make_streams(r)
     spec = recipe_from_dict({"distill": {"teacher": "resnet152_v1d:cfe0220d"}}).distill
     expected = home / "models" / "resnet152_v1d-cfe0220d.params"
-    assert doctor.teacher_missing(spec)[0] == [str(expected)] and zoo_weights_file("resnet152_v1d", "cfe0220d") == expected
+    assert needs.teacher_missing(spec)[0] == [str(expected)] and zoo_weights_file("resnet152_v1d", "cfe0220d") == expected
     assert not (tmp_path / "~").exists()
 
 

@@ -6,7 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gluon_tricks import doctor
+from gluon_tricks import doctor, needs
 from gluon_tricks.recipe import DataSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +49,8 @@ def test_a_malformed_table_file_is_one_fail_line_among_the_others(tmp_path):  # 
 
 
 def test_the_vendored_cifar100_mini_is_not_missing():  # probe 3.1: it was told to supply ImageNet folders
-    assert doctor.data_missing(DataSpec(dataset="cifar100-mini"))[0] == []
-    missing, fix = doctor.data_missing(DataSpec(dataset="cifar100-mini", root="/nonexistent/c100"))
+    assert needs.data_missing(DataSpec(dataset="cifar100-mini"))[0] == []
+    missing, fix = needs.data_missing(DataSpec(dataset="cifar100-mini", root="/nonexistent/c100"))
     assert missing == ["/nonexistent/c100/ (cifar100-mini)"]
 
 

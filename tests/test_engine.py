@@ -111,7 +111,7 @@ def test_eval_every_tests_every_nth_epoch_and_always_the_last(tmp_path, monkeypa
     run keeps its identity, and the training itself is the one of eval_every = 1 (a test pass
     changes no weight: same per-epoch train losses)."""
     import seams
-    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.identity import content_hash
     from gluon_tricks.results import RunDir
 
     seams.linear_zoo(monkeypatch)

@@ -80,7 +80,8 @@ def test_eval_without_what_it_needs_is_one_line(tmp_path, capsys, argv, needle):
 def test_a_table_that_distills_prints_its_teachers_accuracy(tmp_path, monkeypatch):
     """Measured by the student's run on its test set, as the teacher sees it: the same number
     `eval` gives for the teacher file with the student's data recipe."""
-    from gluon_tricks.tables import Row, Table, render, run_table
+    from gluon_tricks.report import render
+    from gluon_tricks.tables import Row, Table, run_table
 
     monkeypatch.setenv("GLUON_TRICKS_RESULTS", "")
     params = saved_resnet20(tmp_path / "teacher.params", seed=5)

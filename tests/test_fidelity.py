@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from seams import recipes_root
-from gluon_tricks.recipe import Recipe, content_hash, identity, load_recipe
+from gluon_tricks.identity import content_hash, identity
+from gluon_tricks.recipe import Recipe, load_recipe
 from gluon_tricks.tables import load_table, row_recipes, table_names
 from gluon_tricks.tricks import mixing
 from gluon_tricks.tricks.smoothing import smooth_targets

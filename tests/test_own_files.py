@@ -293,7 +293,7 @@ def test_the_states_every_optimizer_saves_pass_the_allow_list(tmp_path, optimize
     from mxnet import autograd, gluon
 
     from gluon_tricks.recipe import recipe_from_dict
-    from gluon_tricks.results import check_trainer_states
+    from gluon_tricks.checkpoints import check_trainer_states
     from gluon_tricks.tricks.optim import make_optimizer
 
     recipe = recipe_from_dict({"optim": {"name": optimizer}, "schedule": {"kind": "cosine"},

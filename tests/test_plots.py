@@ -6,12 +6,20 @@ from gluon_tricks.cli import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_table_pictures_are_written(tmp_path, capsys):
+def test_table_pictures_are_written(tmp_path, capsys, monkeypatch):
+    """The plot command looks the results up once, draws the pictures and writes table.md beside them."""
+    from gluon_tricks import tables
+
+    calls = []
+    real_collect = tables.collect
+    monkeypatch.setattr(tables, "collect", lambda *a, **k: calls.append(a) or real_collect(*a, **k))
     assert main(["plot", "followup/table4", "--out", str(tmp_path / "p"), "--runs", str(tmp_path / "runs")]) == 0
     for name in ("schedules.png", "curves.png", "ours_vs_paper.png", "mixing_examples.png"):
         data = (tmp_path / "p" / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     assert "### Follow-up Table IV" in (tmp_path / "p" / "table.md").read_text()
+    assert str(tmp_path / "p" / "table.md") in capsys.readouterr().out.splitlines()
+    assert len(calls) == 1
 
 
 def test_schedule_command(tmp_path):
@@ -74,8 +82,8 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
 
     from seams import recipes_root
     from gluon_tricks.plots import plot_table, twin_rows
-    from gluon_tricks.recipe import content_hash
-    from gluon_tricks.tables import load_table, row_recipes
+    from gluon_tricks.identity import content_hash
+    from gluon_tricks.tables import collect, load_table, row_recipes
 
     monkeypatch.setenv("GLUON_TRICKS_RESULTS", "")
     table = load_table(recipes_root(), "proxy")
@@ -99,9 +107,10 @@ def test_twin_table_draws_coarse_beside_fine(tmp_path, monkeypatch):
     assert len(twins) == 7 and all("(fine)" in table.rows[f].label for _, _, f in twins)
     figs = _captured_figures(monkeypatch)
     table.seeds = 2
-    written = plot_table(table, tmp_path / "p", runs_root=runs, iters_per_epoch=4)
+    written = plot_table(table, tmp_path / "p", collect(table, runs_root=runs), iters_per_epoch=4)
     names = {p.name for p in written}
     assert {"coarse_vs_fine.png", "curves_coarse.png", "curves_fine.png"} <= names
+    assert not (tmp_path / "p" / "table.md").exists()  # pictures only: the plot command writes the table
     bars_fig = next(f for f in figs if any("fine labels" in t.get_text() for ax in f.axes
                                            if ax.get_legend() for t in ax.get_legend().get_texts()))
     heights = [b.get_height() for b in bars_fig.axes[0].patches]

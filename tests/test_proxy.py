@@ -7,7 +7,8 @@ import pytest
 
 from gluon_tricks._compat import tomllib
 from seams import recipes_root
-from gluon_tricks.recipe import content_hash, load_recipe
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import load_recipe
 from gluon_tricks.results import find_result
 from gluon_tricks.tables import load_table, row_recipes
 

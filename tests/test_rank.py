@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import content_hash, to_toml
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import to_toml
 from gluon_tricks.stats import pooled_std, welch_difference
-from gluon_tricks.tables import load_table, render, row_recipes
+from gluon_tricks.report import render
+from gluon_tricks.tables import collect, load_table, row_recipes
 from seams import recipes_root
 
 
@@ -131,7 +133,7 @@ def test_rank_pictures_draw_bands_over_tested_epochs_and_the_differences(rank_wi
     figs = []
     real_save = plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))[1])
-    written = {p.name: p for p in plots.plot_table(table, tmp_path / "p", runs_root=runs, iters_per_epoch=4)}
+    written = {p.name: p for p in plots.plot_table(table, tmp_path / "p", collect(table, runs_root=runs), iters_per_epoch=4)}
     assert written["differences.png"].read_bytes().startswith(b"\x89PNG") and written["curves.png"].stat().st_size > 10_000
     curves = next(f for f in figs if f.axes[0].get_ylabel() == "test top-1 (%)")
     first = curves.axes[0].get_lines()[0]

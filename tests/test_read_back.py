@@ -13,9 +13,11 @@ import pytest
 import seams
 from gluon_tricks.cli import main
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import content_hash, load_recipe
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import load_recipe
 from gluon_tricks.results import RunDir, find_result
-from gluon_tricks.tables import collect, list_tables, load_table, render, row_recipes
+from gluon_tricks.report import render
+from gluon_tricks.tables import collect, list_tables, load_table, row_recipes
 
 METRICS_ROW = {"top5": 50.0, "train_loss": 1.0, "lr": 0.1, "seconds": 1.0, "images_per_sec": 10.0}
 

@@ -2,8 +2,8 @@
 import pytest
 
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import (Recipe, content_hash, load_recipe, parse_override, recipe_from_dict,
-                                 scale_epochs, to_toml, valid_keys)
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import Recipe, load_recipe, parse_override, recipe_from_dict, scale_epochs, to_toml, valid_keys
 from seams import recipes_root
 
 
@@ -126,3 +126,19 @@ def test_new_keys_are_checked(tmp_path):
     r = load_recipe(write(tmp_path / "e.toml", '[optim]\nname = "adam"\nepsilon = 1e-7\n'
                                                 '[distill]\nteacher = "resnet152_v1d:cfe0220d"\n'))
     assert r.optim.epsilon == 1e-7 and r.distill.teacher == "resnet152_v1d:cfe0220d"
+
+
+def test_parse_teacher_reads_files_zoo_names_and_tags(tmp_path):
+    """One reading of distill.teacher for recipe checks, identity, loading and doctor."""
+    from gluon_tricks.errors import UserError
+    from gluon_tricks.recipe import TeacherSource, parse_teacher
+
+    assert parse_teacher("resnet152_v1d") == TeacherSource(zoo_name="resnet152_v1d")
+    assert parse_teacher("resnet152_v1d:cfe0220d") == TeacherSource(zoo_name="resnet152_v1d", tag="cfe0220d")
+    assert parse_teacher(str(tmp_path / "t.params")) == TeacherSource(path=tmp_path / "t.params")
+    # recipes name teacher/... files relative to the project
+    shipped = parse_teacher("teacher/resnext29_teacher.toml").path
+    assert shipped is not None and shipped.is_file()
+    for bad in ("resnet152_v1d:", "resnet152_v1d:CFE0220D", "resnet152_v1d:cfe022", ":cfe0220d"):
+        with pytest.raises(UserError, match="<zoo name>:<8 hex digits>"):
+            parse_teacher(bad)

@@ -18,7 +18,8 @@ PINNED = Path(__file__).with_name("recipe_hashes.json")
 
 def current_hashes() -> dict:
     """{recipe file: hash} and {"table NAME: ROW LABEL": hash of the row's first seed}."""
-    from gluon_tricks.recipe import content_hash, load_recipe
+    from gluon_tricks.identity import content_hash
+    from gluon_tricks.recipe import load_recipe
     from gluon_tricks.tables import load_table, row_recipes, table_names
 
     files = [p for p in (REPO / "recipes").rglob("*.toml") if p.name != "table.toml"]

@@ -7,7 +7,8 @@ import pytest
 
 from gluon_tricks.paths import recipes_root
 from gluon_tricks.errors import UserError
-from gluon_tricks.recipe import explicit_keys, load_recipe, recipe_from_dict, run_warnings, scale_epochs
+from gluon_tricks.identity import run_warnings
+from gluon_tricks.recipe import explicit_keys, load_recipe, recipe_from_dict, scale_epochs
 from gluon_tricks.tables import load_table, row_recipes, table_names
 
 

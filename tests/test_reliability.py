@@ -191,7 +191,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch):
 def test_resume_skips_a_non_finite_checkpoint(tmp_path, capsys):
     import shutil
 
-    from gluon_tricks.results import sha256_file
+    from gluon_tricks.atomic import sha256_file
 
     r, _ = tiny(tmp_path, epochs=1, data={"dataset": "cifar10-mini", "batch_size": 32, "train_limit": 32,
                                           "test_limit": 32})

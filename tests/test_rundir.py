@@ -88,11 +88,11 @@ def test_leftover_temp_files_of_a_killed_creation_do_not_block(tmp_path):
 
 
 def test_run_json_is_written_before_recipe_toml(tmp_path, monkeypatch):
-    import gluon_tricks.results as results
+    import gluon_tricks.atomic as atomic
 
     order = []
-    real = results.atomic_write_bytes
-    monkeypatch.setattr(results, "atomic_write_bytes", lambda p, data: (order.append(Path(p).name), real(p, data)))
+    real = atomic.atomic_write_bytes
+    monkeypatch.setattr(atomic, "atomic_write_bytes", lambda p, data: (order.append(Path(p).name), real(p, data)))
     prepare(tmp_path / "r")
     assert order.index("run.json") < order.index("recipe.toml")
 

@@ -149,7 +149,7 @@ def test_trainer_states_written_before_schedule_resume_exactly():
     step(trainer, net)
     uninterrupted = net.weight.data().asnumpy()
 
-    from gluon_tricks.results import check_trainer_states
+    from gluon_tricks.checkpoints import check_trainer_states
 
     old_states = Path(__file__).parent / "data" / "trainer_states_paperlr.pickle"
     check_trainer_states(old_states)  # the resume's allow-list admits it

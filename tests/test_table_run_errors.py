@@ -12,7 +12,8 @@ import pytest
 import seams
 from gluon_tricks.cli import main
 from gluon_tricks.errors import DivergenceError, UserError
-from gluon_tricks.recipe import content_hash, recipe_from_dict
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import recipe_from_dict
 from gluon_tricks.runner import PendingRun, row_slots, train_in_processes
 from gluon_tricks.tables import load_table, row_recipes
 

@@ -11,7 +11,8 @@ from gluon_tricks.cli import main
 from seams import recipes_root
 from gluon_tricks.errors import UserError
 from gluon_tricks.recipe import load_recipe
-from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, render, run_table, table_names
+from gluon_tricks.report import render
+from gluon_tricks.tables import PAPER_NUMBERS, collect, load_table, run_table, table_names
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "papers"
 
@@ -253,7 +254,7 @@ def test_every_shipped_row_says_where_its_settings_come_from():
 
 
 def test_bot_table1_tricks_row_is_table6s_last_resnet50d_row():
-    from gluon_tricks.recipe import content_hash
+    from gluon_tricks.identity import content_hash
     from gluon_tricks.tables import row_recipes
 
     root = recipes_root()

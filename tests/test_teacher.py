@@ -8,7 +8,8 @@ import pytest
 
 from gluon_tricks.errors import UserError
 from gluon_tricks.models import _get, load_teacher
-from gluon_tricks.recipe import DistillSpec, content_hash, recipe_from_dict
+from gluon_tricks.identity import content_hash
+from gluon_tricks.recipe import DistillSpec, recipe_from_dict
 from gluon_tricks.results import find_result
 from gluon_tricks.tables import Row, Table, run_table
 

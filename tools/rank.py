@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from gluon_tricks.errors import UserError, shown, shown_lines  # noqa: E402
 from gluon_tricks.paths import recipes_root  # noqa: E402
+from gluon_tricks.report import render, write_markdown  # noqa: E402
 from gluon_tricks.results import copy_record  # noqa: E402
 from gluon_tricks.stats import pooled_std, welch_difference  # noqa: E402
-from gluon_tricks.tables import collect, load_table, render, run_table, row_recipes  # noqa: E402
+from gluon_tricks.tables import collect, load_table, row_recipes, run_table  # noqa: E402
 
 TABLE = "rank/cifar10-mini"
 
@@ -121,9 +122,10 @@ def table_command(args) -> list[str]:
     if not args.report_only:
         run_table(table, runs_root=args.runs, parallel=args.parallel)
     copied = copy_results(table, args.runs, Path(args.results))
-    pictures = plot_table(table, Path(args.docs), runs_root=args.runs)
-    return [render(table, runs_root=args.runs), "",
-            f"{copied} runs copied into {args.results}; {len(pictures)} files written into {args.docs}"]
+    rows = collect(table, runs_root=args.runs)
+    written = plot_table(table, Path(args.docs), rows) + [write_markdown(table, rows, Path(args.docs))]
+    return [render(table, rows=rows), "",
+            f"{copied} runs copied into {args.results}; {len(written)} files written into {args.docs}"]
 
 
 def main(argv=None) -> int:

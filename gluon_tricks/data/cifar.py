@@ -286,7 +286,7 @@ def _sha1_file(path: Path) -> str:
 def _fetch(url: str, archive: Path, sha1: str) -> None:
     import requests
 
-    from gluon_tricks.results import atomic_write_bytes
+    from gluon_tricks.atomic import atomic_write_bytes
 
     print(f"downloading {url} into {archive.parent}", flush=True)
     with requests.get(url, stream=True, timeout=(DOWNLOAD_TIMEOUT, DOWNLOAD_TIMEOUT)) as r:
@@ -385,7 +385,7 @@ _VERIFIED: set = set()
 def verify_checksums(root: Path, dataset: str) -> None:
     """Check a mini set's files in `root` against the shipped SHA256SUMS (once per file version
     and process)."""
-    from gluon_tricks.results import sha256_file
+    from gluon_tricks.atomic import sha256_file
 
     sums = MINI_DEFINITIONS[dataset] / "SHA256SUMS"
     for line in sums.read_text().splitlines():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gluon_tricks.data.images import decode, eval_image, train_image
-from gluon_tricks.data.streams import epoch_order
+from gluon_tricks.data.streams import epoch_order, train_class_index
 from gluon_tricks.errors import UserError, shown
 from gluon_tricks.paths import cores
 
@@ -151,15 +151,6 @@ class FolderTrainStream(ThreadedTrainStream):
         super().__init__(recipe, images, rank, workers, str(root / "train"), threads)
 
 
-def by_train_names(val_classes: list[str], train_classes: list[str], where: str) -> list[int]:
-    """For each val class, its index in train's class list; a UserError names classes train lacks."""
-    extra = [c for c in val_classes if c not in train_classes]
-    if extra:
-        raise UserError(f"{shown(where)} has classes that train does not: {', '.join(map(repr, extra))[:300]}; "
-                        "val and train need the same class folders (val may lack some)")
-    return [train_classes.index(c) for c in val_classes]
-
-
 class FolderTestStream:
     def __init__(self, recipe, root: Path, threads: int | None = None):
         spec = recipe.data
@@ -168,7 +159,7 @@ class FolderTestStream:
         # the rest, so val's labels are train's indices of the same class names.
         train_classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) \
             if (root / "train").is_dir() else list(ds.synsets)
-        self.images = FolderImages(ds, by_train_names(list(ds.synsets), train_classes, str(root / "val")))
+        self.images = FolderImages(ds, train_class_index(list(ds.synsets), train_classes, str(root / "val")))
         self.n = len(self.images) if not spec.test_limit else min(len(self.images), spec.test_limit)
         self.spec, self.threads = spec, threads or cores()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gluon_tricks.data.streams import train_class_index
 from gluon_tricks.errors import UserError, first_line, shown
 from gluon_tricks.paths import cores
 
@@ -132,12 +133,7 @@ def label_classes(src_classes: list[str], out_prefix: Path) -> list[str]:
     train_list = out_prefix.parent / "train.classes.txt"
     if out_prefix.name == "train" or not train_list.is_file():
         return src_classes
-    train_classes = [l for l in train_list.read_text().splitlines() if l]
-    extra = [c for c in src_classes if c not in train_classes]
-    if extra:
-        raise UserError(f"classes missing from {shown(train_list)}: {', '.join(map(repr, extra))[:300]}; "
-                        "val and train need the same class folders (val may lack some)")
-    return train_classes
+    return [l for l in train_list.read_text().splitlines() if l]
 
 
 def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, workers: int = 0,
@@ -164,8 +160,8 @@ def prepare(src: Path, out_prefix: Path, resize: int = 0, quality: int = 95, wor
         raise UserError(f"{len(unsafe)} file name(s) contain a tab or line break, which the .lst index cannot "
                         f"hold, e.g. {shown(unsafe[0])[:200]}; rename them (nothing was written)")
     classes = label_classes(src_classes, out_prefix)
-    index = {name: classes.index(name) for name in src_classes}
-    items = [(index[src_classes[label]], rel) for label, rel in items]
+    labels = train_class_index(src_classes, classes, str(src))
+    items = [(labels[label], rel) for label, rel in items]
     # Shuffled once, with a fixed seed (as im2rec does by default): ImageRecordIter gives
     # each worker a contiguous part of the file (part_index/num_parts), so records written
     # class by class would give each worker of a distributed job only some of the classes.

@@ -17,6 +17,8 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
+from gluon_tricks.errors import UserError, shown
+
 RNG_AUGMENT, RNG_MIX = 1, 2  # ids of a step's two random sub-streams (augmentation, mixing)
 
 
@@ -54,3 +56,15 @@ def trimmed_batches(batches, n: int):
             break
         yield x[:k], y[:k]
         seen += k
+
+
+def train_class_index(val_names: list[str], train_names: list[str], where: str) -> list[int]:
+    """For each validation class name, its index among training's class names. Gluon's
+    ImageFolderDataset and im2rec number a folder's classes on their own, so a val/ lacking
+    a class would shift the labels of the rest; a UserError names the classes training lacks."""
+    extra = [c for c in val_names if c not in train_names]
+    if extra:
+        raise UserError(f"{shown(where)} has classes that train does not: {', '.join(map(repr, extra))[:300]}; "
+                        "val and train need the same class folders (val may lack some)")
+    index = {name: i for i, name in enumerate(train_names)}
+    return [index[c] for c in val_names]
