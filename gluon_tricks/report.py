@@ -161,6 +161,7 @@ def table_notes(table: Table, rows: list[dict], seeds: int, epochs_scale: float,
         notes.append(f"ours: mean ± std over {seeds} seeds; (k/{seeds}): only k seeds have results")
     notes += [f"{r['label']}: {r['runs']} of {seeds} seeds have results; missing {'; '.join(r['missing'])}"
               for r in rows if r["runs"] and r["missing"]]
+    notes += [f"{r['label']}: trained with {'; '.join(r['versions'])}" for r in rows if r.get("versions")]
     if any(r.get("paper_top1_alt") is not None for r in rows):
         notes.append("paper: CVPR mean ± std over 4 runs (arXiv v2 single run in parentheses)")
     if differences:

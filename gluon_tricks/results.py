@@ -65,6 +65,30 @@ def provenance(contexts) -> dict:
     return {"versions": versions, "hardware": hardware}
 
 
+def version_differences(result: dict) -> list[str]:
+    """What a result was trained with that differs from what is installed here: package
+    versions, and code with uncommitted changes ("+dirty"). A table prints these beside the row
+    (red team 2, probe 5.10: an edited or old result was shown as current)."""
+    from importlib import metadata
+
+    from gluon_tricks import __version__
+
+    recorded = result.get("versions") if isinstance(result.get("versions"), dict) else {}
+    out = []
+    for dist, then in sorted(recorded.items()):
+        if dist in ("python", "code_revision"):
+            continue
+        try:
+            now = __version__ if dist == "gluon-tricks" else metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            now = "not installed"
+        if str(then) != now:
+            out.append(f"{dist} {then} (installed: {now})")
+    if str(recorded.get("code_revision", "")).endswith("+dirty"):
+        out.append(f"code {recorded['code_revision']} (uncommitted changes)")
+    return out
+
+
 def code_revision() -> str:
     """The checkout's short commit hash, "+dirty" when tracked files differ from it;
     "unknown" outside git (an installed wheel, no git binary)."""

@@ -314,14 +314,14 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             overrides=(), parallel: int | None = None) -> list[dict]:
     """One dict per row: ours (mean/std over the seeds that have results) and the paper's;
     ours are the runs with the BatchNorm group this machine (and --ctx, --parallel) gives."""
-    from gluon_tricks.results import RunDir, lookup_result
+    from gluon_tricks.results import RunDir, lookup_result, version_differences
 
     seeds = seeds or table.seeds
     slots = parallel_slots(table, parallel, epochs_scale, overrides)
     devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, missing, groups, distill = [], [], [], [], [], None
+        results, runs, hashes, missing, groups, distill, versions = [], [], [], [], [], None, []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             distill = recipe.distill
             groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
@@ -330,6 +330,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             if result is not None:
                 runs.append(path)
                 results.append(result)
+                versions += [f"seed {recipe.seed}: {d}" for d in version_differences(result)]
                 continue
             if problem:  # a file that is there but cannot be used is named, never skipped silently
                 print(f"warning: {problem}; row '{shown(row.label)}' shown without it", file=sys.stderr)
@@ -354,6 +355,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             "recipe": str(row.recipe_path) if row.recipe_path else "",
             "metrics": [RunDir(p).read_metrics(warn=True) for p in runs],
             "missing": missing,  # one line per seed without a usable result
+            "versions": versions,  # what a seed was trained with that differs from what is installed
             **_teacher_scores(distill, results),
         })
     return out

@@ -203,3 +203,19 @@ def test_a_resume_with_other_system_settings_is_recorded_per_segment(tmp_path, m
     assert segments == result["segments"]
     assert [(s["from_epoch"], s["from_step"], s["system"]["device_batch"]) for s in segments] == [(0, 0, 4), (1, 1, 0)]
     assert segments[1]["devices"] == ["cpu(0)", "cpu(1)"]
+
+
+def test_a_result_from_other_versions_is_marked_beside_its_row(table_dir, tmp_path):
+    # probe 5.10: result.json edited to code_revision "0badc0d+dirty" and mxnet 1.5.0 printed as current
+    from importlib import metadata
+
+    runs = tmp_path / "runs"
+    dirs = fill(table_dir, runs, {"A": [10.0], "B": [23.44]})
+    path = dirs["A"][0] / "result.json"
+    result = json.loads(path.read_text())
+    result["versions"] = {**result.get("versions", {}), "mxnet": "1.5.0", "code_revision": "0badc0d+dirty"}
+    path.write_text(json.dumps(result))
+    text = render(load_table(table_dir, "t"), runs_root=runs)
+    assert f"mxnet 1.5.0 (installed: {metadata.version('mxnet')})" in text
+    assert "code 0badc0d+dirty (uncommitted changes)" in text
+    assert text.count("trained with") == 1  # row B, trained here, is not marked
