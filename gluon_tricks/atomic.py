@@ -42,11 +42,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. a read-only filesystem: the first error is the one to report
-            pass
+        _discard(tmp)
         raise disk_error(e, path) from None
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file after a failed write; a second error (e.g. a read-only
+    filesystem) is dropped: the first one is the one to report."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -61,10 +67,7 @@ def atomic_copy(src: Path, dst: Path) -> None:
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
         if isinstance(e, IsADirectoryError):
             raise
         raise disk_error(e, dst) from None
@@ -78,12 +81,17 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file, read in 1 MiB chunks (hashlib.file_digest needs Python 3.11)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
 
 
 

@@ -256,13 +256,15 @@ def _download(root: Path, dataset: str) -> None:
     except OSError as e:  # e.g. a read-only MXNET_HOME: not a download failure (probe 3.8)
         raise UserError(f"{dataset} not found in {shown(root)}, and cannot create {shown(root)} to download it into: "
                         f"{e.strerror}; set MXNET_HOME or data.root to a writable directory") from None
+    from gluon_tricks.atomic import file_digest
+
     try:
         with preparing(root / "archive"):
             if all(_find_files(root, dataset, train) for train in (True, False)):
                 return  # another process prepared it while this one waited
             url, name, sha1 = _official_archive(dataset, root)
             archive = root / name
-            if not (archive.is_file() and _sha1_file(archive) == sha1):
+            if not (archive.is_file() and file_digest(archive, "sha1") == sha1):
                 _fetch(url, archive, sha1)
             _unpack(archive, root)
     except UserError:
@@ -273,14 +275,6 @@ def _download(root: Path, dataset: str) -> None:
             f"put the official files there ({expected}, or the python-format files) "
             f"or set data.root to where they are"
         ) from None
-
-
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fetch(url: str, archive: Path, sha1: str) -> None:
