@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -48,16 +49,8 @@ def provenance(contexts) -> dict:
     """What produced a result: package versions (gluon-tricks and its code revision
     included), and the hardware it ran on."""
     import platform
-    from importlib import metadata
 
-    from gluon_tricks import __version__
-
-    versions = {"gluon-tricks": __version__, "code_revision": code_revision(), "python": platform.python_version()}
-    for dist in ("mxnet", "mxnet-cu112", "gluoncv", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = {**installed_versions(), "code_revision": code_revision(), "python": platform.python_version()}
     hardware = {"machine": platform.machine(), "cpus": os.cpu_count(), "ctx": [str(c) for c in contexts],
                 "omp_threads": os.environ.get("OMP_NUM_THREADS", "")}
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a --parallel row's GPUs: its gpu(0) is the first of these
@@ -65,23 +58,35 @@ def provenance(contexts) -> dict:
     return {"versions": versions, "hardware": hardware}
 
 
-def version_differences(result: dict) -> list[str]:
-    """What a result was trained with that differs from what is installed here: package
-    versions, and code with uncommitted changes ("+dirty"). A table prints these beside the row
-    (red team 2, probe 5.10: an edited or old result was shown as current)."""
+@functools.lru_cache(maxsize=None)
+def installed_versions() -> dict:
+    """The versions of gluon-tricks and the packages a result depends on, as installed here:
+    what provenance records and what a table compares a result with (read once per process:
+    a table compares every seed's result)."""
     from importlib import metadata
 
     from gluon_tricks import __version__
 
+    versions = {"gluon-tricks": __version__}
+    for dist in ("mxnet", "mxnet-cu112", "gluoncv", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def version_differences(result: dict) -> list[str]:
+    """What a result was trained with that differs from what is installed here: package
+    versions, and code with uncommitted changes ("+dirty"). A table prints these beside the row
+    (red team 2, probe 5.10: an edited or old result was shown as current)."""
     recorded = result.get("versions") if isinstance(result.get("versions"), dict) else {}
+    installed = installed_versions()
     out = []
     for dist, then in sorted(recorded.items()):
         if dist in ("python", "code_revision"):
             continue
-        try:
-            now = __version__ if dist == "gluon-tricks" else metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            now = "not installed"
+        now = installed.get(dist, "not installed")
         if str(then) != now:
             out.append(f"{dist} {then} (installed: {now})")
     if str(recorded.get("code_revision", "")).endswith("+dirty"):
