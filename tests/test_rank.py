@@ -60,6 +60,9 @@ def test_no_interval_without_two_seeds_a_side_and_none_wide_without_spread():
 def test_pooled_std_by_hand():
     # variances 1 (n 3) and 4 (n 3): sqrt((2 * 1 + 2 * 4) / 4) = sqrt(2.5)
     assert pooled_std([1, 2, 3], [4, 6, 8]) == pytest.approx(math.sqrt(2.5))
+    # unequal n: variances 1 (n 3) and 20/3 (n 4) weigh 2 and 3: sqrt((2 * 1 + 3 * 20/3) / 5) = sqrt(4.4),
+    # not the plain mean of the variances, sqrt(23/6)
+    assert pooled_std([1, 2, 3], [4, 6, 8, 10]) == pytest.approx(math.sqrt(4.4))
 
 
 def write_result(runs, recipe, top1, epochs=4, eval_every=1):
