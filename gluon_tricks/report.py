@@ -101,7 +101,7 @@ def sheet(table: Table, rows: list[dict], seeds: int, epochs_scale: float) -> Sh
     head, body = _printed_cells(table, rows, seeds, differences)
     data_head, data = _data_cells(rows, differences)
     return Sheet(table.title, head, body, data_head, data, table_notes(table, rows, seeds, epochs_scale, differences),
-                 [n for n in map(row_note, rows) if n])
+                 row_notes(rows))
 
 
 def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list) -> tuple[list, list]:
@@ -225,6 +225,15 @@ def write_markdown(table: Table, rows: list[dict], out_dir: Path, seeds: int | N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(table, "md", seeds, epochs_scale, rows=rows) + "\n")
     return path
+
+
+def row_notes(rows: list[dict]) -> list[str]:
+    """One line per row that has a note; where every row has the same provenance (a table whose
+    settings were all chosen for one reason) it is said once, first, not on every row."""
+    shared = {r["provenance"] for r in rows}
+    if len(rows) > 1 and len(shared) == 1 and "" not in shared:
+        return [f"every row: settings: {shared.pop()}"] + [n for r in rows if (n := row_note({**r, "provenance": ""}))]
+    return [n for n in map(row_note, rows) if n]
 
 
 def row_note(r: dict) -> str:

@@ -289,3 +289,16 @@ def test_run_table_prints_train_warnings_for_the_rows_it_will_train(tmp_path, mo
     trained.clear()
     run_table(table, runs_root=tmp_path, progress=False, in_process=True)
     assert trained and capsys.readouterr().err == ""
+
+
+def test_a_provenance_every_row_shares_is_said_once(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.toml").write_text('name = "a"\n')
+    (tmp_path / "t" / "b.toml").write_text('name = "b"\nseed = 5\n')
+    (tmp_path / "t" / "table.toml").write_text(
+        'title = "tiny"\nprovenance = "chosen: one reason"\n'
+        '[[rows]]\nlabel = "A"\nrecipe = "a.toml"\n[[rows]]\nlabel = "B"\nrecipe = "b.toml"\nnote = "its own note"\n')
+    md = render(load_table(tmp_path, "t"), "md", runs_root=tmp_path / "runs")
+    assert md.count("chosen: one reason") == 1
+    assert md.split("Rows: notes and where their settings come from\n\n")[1].splitlines() == [
+        "- every row: settings: chosen: one reason", "- B: its own note"]
