@@ -338,7 +338,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
     devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, missing, groups, distill, versions = [], [], [], [], [], None, []
+        results, runs, hashes, missing, groups, distill, versions, seeds_run = [], [], [], [], [], None, [], []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             distill = recipe.distill
             groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
@@ -347,6 +347,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             if result is not None:
                 runs.append(path)
                 results.append(result)
+                seeds_run.append(recipe.seed)
                 versions += [f"seed {recipe.seed}: {d}" for d in version_differences(result)]
                 continue
             if problem:  # a file that is there but cannot be used is named, never skipped silently
@@ -357,6 +358,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
         out.append({
             "label": row.label, "runs": len(results), "seeds": seeds, "run_dirs": [str(p) for p in runs],
             "top1_values": [r["final_top1"] for r in results],  # one per seed with a result
+            "top1_by_seed": dict(zip(seeds_run, (r["final_top1"] for r in results))),
             "top1": top1, "top1_std": top1_sd, "top5": top5, "top5_std": top5_sd,
             **{f"paper_{k}": v for k, v in row.paper.items()},
             "seconds_per_epoch": _stat([r["seconds_per_epoch"] for r in results])[0],

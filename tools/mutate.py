@@ -219,6 +219,10 @@ MUTANTS = [
            "sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1) / dof",
            "sum(statistics.variance(g) for g in groups if len(g) > 1) / len(groups)",
            ("tests/test_rank.py::test_pooled_std_by_hand",)),
+    Mutant("X11", "a paired difference pairs each seed with the same seed of the other row",
+           "diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]",
+           "diffs = [x - y for x, y in zip(sorted(b.values()), sorted(a.values()))]",
+           ("tests/test_rank.py::test_paired_interval_bounds_are_where_scipys_paired_test_gives_p_005",)),
 ]
 
 
