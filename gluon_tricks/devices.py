@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from gluon_tricks.errors import UserError
+from gluon_tricks.errors import UserError, first_line
 
 
 def parse_ctx(text: str, auto_limit: int | None = None) -> list[mx.Context]:
@@ -255,3 +255,37 @@ def load_unsynced(net, contexts, path) -> None:
             key = f"{i}/{name}"
             if key in saved:
                 p.data(ctx)[:] = saved[key]
+
+
+def convolution_check(ctx, dtype: str = "float32") -> str | None:
+    """One small 3x3 convolution's forward and backward pass on `ctx` in `dtype`, checked
+    against numpy: None when it runs and agrees, else one line of what went wrong. A GPU's
+    first convolution is where a cuDNN that cannot load, a kernel the driver cannot run or a
+    faulty device first fails; `doctor` runs this so that shows before a run, not at its first
+    step. The oracle is direct: y[n,o] = sum over i and the 3x3 window of x_pad * w, and the
+    gradient of sum(y) by w[o,i,a,b] is the sum of x_pad[n,i] shifted by (a, b), for every o."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 8, 8))
+    w = rng.standard_normal((4, 4, 3, 3)) / 6
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), (2, 3))
+    want_y = np.einsum("nihwab,oiab->nohw", windows, w)
+    want_grad = np.broadcast_to(windows.sum(axis=(0, 2, 3)), w.shape)
+    try:
+        xs, ws = mx.nd.array(x, ctx=ctx, dtype=dtype), mx.nd.array(w, ctx=ctx, dtype=dtype)
+        ws.attach_grad()
+        with mx.autograd.record():
+            y = mx.nd.Convolution(xs, ws, kernel=(3, 3), pad=(1, 1), num_filter=4, no_bias=True)
+        y.backward()
+        got_y, got_grad = y.asnumpy().astype(np.float64), ws.grad.asnumpy().astype(np.float64)
+    except mx.base.MXNetError as e:
+        try:  # the engine keeps a failed operation's error and raises it again at the next
+            mx.nd.waitall()  # wait or at exit: take it here, where it is reported
+        except mx.base.MXNetError:
+            pass
+        return f"a convolution on {ctx} in {dtype} failed: {first_line(e)}"
+    tolerance = 1e-2 if dtype == "float16" else 1e-4  # relative to the largest value
+    for name, got, want in (("output", got_y, want_y), ("weight gradient", got_grad, want_grad)):
+        error = float(np.abs(got - want).max() / np.abs(want).max())
+        if not error <= tolerance:  # NaN too
+            return f"a convolution on {ctx} in {dtype} computes a wrong {name} (off by {error:.1e} of its largest value)"
+    return None

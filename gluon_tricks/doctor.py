@@ -226,6 +226,26 @@ def mxnet_lines() -> list[Line]:
     return lines
 
 
+def convolution_lines(checks=None) -> list[Line]:
+    """A small convolution, forward and backward, on each GPU MXNet sees in float32 and float16
+    (the dtypes recipes train in), checked against numpy (devices.convolution_check); on the CPU
+    wheel, on the CPU in float32. `checks`: (context, dtype) pairs instead."""
+    import mxnet as mx
+
+    from gluon_tricks.devices import convolution_check
+
+    if checks is None:
+        gpus = mx.context.num_gpus() if mx.runtime.Features().is_enabled("CUDA") else 0
+        checks = [(mx.gpu(i), d) for i in range(gpus) for d in ("float32", "float16")] or [(mx.cpu(), "float32")]
+    lines = []
+    for ctx, dtype in checks:
+        problem = convolution_check(ctx, dtype)
+        lines.append(Line("OK", f"{ctx} {dtype}: a convolution's forward and backward agree with numpy") if problem is None
+                     else Line("FAIL", problem, ("fix the library and driver FAIL lines above first; with none, check that device "
+                                                  "(`nvidia-smi -q -d ECC`) or leave it out with CUDA_VISIBLE_DEVICES")))
+    return lines
+
+
 nvidia_driver = cuda_libs.nvidia_driver
 
 
@@ -410,6 +430,7 @@ def run(out=print) -> int:
         ("Libraries libmxnet.so needs", library_lines),
         ("Other CUDA libraries on LD_LIBRARY_PATH", ld_library_path_lines),
         ("MXNet and GPUs", mxnet_lines),
+        ("A convolution on each device", convolution_lines),
         ("Threads", omp_lines),
         ("Tables: data and teacher files", table_lines),
         ("Disk", disk_lines),

@@ -55,8 +55,8 @@ def bn_group_text(r: dict) -> str:
 def row_differences(table: Table, rows: list[dict]) -> list[dict | None]:
     """Per row of `collect`: None (no reference row), else {"reference": its label, "difference":
     the Welch `Difference` of this row's seeds' top-1 from the reference's, or None when either
-    has fewer than 2 results}."""
-    from gluon_tricks.stats import welch_difference
+    has fewer than 2 results, "paired": the paired one over the seeds both rows ran}."""
+    from gluon_tricks.stats import paired_difference, welch_difference
 
     out = []
     for r, ref in zip(rows, reference_rows(table)):
@@ -64,14 +64,15 @@ def row_differences(table: Table, rows: list[dict]) -> list[dict | None]:
             out.append(None)
             continue
         out.append({"reference": rows[ref]["label"],
-                    "difference": welch_difference(rows[ref]["top1_values"], r["top1_values"])})
+                    "difference": welch_difference(rows[ref]["top1_values"], r["top1_values"]),
+                    "paired": paired_difference(rows[ref]["top1_by_seed"], r["top1_by_seed"])})
     return out
 
 
-def _difference_cell(d: dict | None) -> str:
+def _difference_cell(d: dict | None, kind: str = "difference") -> str:
     if d is None:
         return ""
-    x = d["difference"]
+    x = d[kind]
     if x is None:
         return "n < 2"
     return f"{x.diff:+.2f} [{x.low:+.2f}, {x.high:+.2f}]" + (" *" if x.excludes_zero else "")
@@ -80,7 +81,9 @@ def _difference_cell(d: dict | None) -> str:
 DIFFERENCES_NOTE = ("Δ top-1 [95% CI]: the row's mean top-1 minus that of the row under 'from', with a 95% "
                     "interval from Welch's t over the seeds (unequal variances, Welch-Satterthwaite degrees of "
                     "freedom); * marks an interval that excludes 0, a step larger than its seed noise; "
-                    "n < 2: fewer than 2 seeds with results on a side, no interval")
+                    "n < 2: fewer than 2 seeds with results on a side, no interval; paired: the mean of the "
+                    "per-seed differences (the seeds both rows ran; a seed fixes the initial weights, image "
+                    "order and augmentation of every row) with a 95% interval from Student's paired t")
 
 
 @dataclass
@@ -101,7 +104,7 @@ def sheet(table: Table, rows: list[dict], seeds: int, epochs_scale: float) -> Sh
     head, body = _printed_cells(table, rows, seeds, differences)
     data_head, data = _data_cells(rows, differences)
     return Sheet(table.title, head, body, data_head, data, table_notes(table, rows, seeds, epochs_scale, differences),
-                 [n for n in map(row_note, rows) if n])
+                 row_notes(rows))
 
 
 def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list) -> tuple[list, list]:
@@ -118,9 +121,9 @@ def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list
             "" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.1f}",
         ])
     if differences:  # the seed count and the step from the reference row beside each mean
-        head[2:2] = ["n", "Δ top-1 [95% CI]", "from"]
+        head[2:2] = ["n", "Δ top-1 [95% CI]", "paired Δ [95% CI]", "from"]
         for b, r, d in zip(body, rows, differences):
-            b[2:2] = [str(r["runs"]), _difference_cell(d), d["reference"] if d else ""]
+            b[2:2] = [str(r["runs"]), _difference_cell(d), _difference_cell(d, "paired"), d["reference"] if d else ""]
         if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
             keep = [i for i, h in enumerate(head) if not h.startswith(("paper", "Δ top-1", "Δ top-5"))
                     or h == "Δ top-1 [95% CI]"]
@@ -131,7 +134,8 @@ def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list
 def _data_cells(rows: list[dict], differences: list) -> tuple[list, list]:
     head = ["row", "top1", "top1_std", "paper_top1", "top5", "top5_std", "paper_top5",
             "seconds_per_epoch", "runs", "epochs_scale", "note", "provenance"]
-    head += ["reference", "diff_top1", "diff_low", "diff_high", "welch_df"] if differences else []
+    head += ["reference", "diff_top1", "diff_low", "diff_high", "welch_df",
+             "paired_diff", "paired_low", "paired_high", "paired_df"] if differences else []
     data = []
     for i, r in enumerate(rows):
         note = "; ".join(x for x in (f"listed: {r['listed']}" if r["listed"] else "", bn_group_text(r), r["note"])
@@ -139,8 +143,9 @@ def _data_cells(rows: list[dict], differences: list) -> tuple[list, list]:
         extra = []
         if differences:
             d = differences[i]
-            x = d["difference"] if d else None
-            extra = [d["reference"] if d else ""] + ([x.diff, x.low, x.high, x.df] if x else [None] * 4)
+            extra = [d["reference"] if d else ""]
+            for x in (d["difference"] if d else None, d["paired"] if d else None):
+                extra += [x.diff, x.low, x.high, x.df] if x else [None] * 4
         data.append([r["label"], r["top1"], r["top1_std"], r.get("paper_top1"), r["top5"], r["top5_std"],
                      r.get("paper_top5"), r["seconds_per_epoch"], r["runs"], r["epochs_scale"], note,
                      r["provenance"]] + extra)
@@ -225,6 +230,15 @@ def write_markdown(table: Table, rows: list[dict], out_dir: Path, seeds: int | N
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(table, "md", seeds, epochs_scale, rows=rows) + "\n")
     return path
+
+
+def row_notes(rows: list[dict]) -> list[str]:
+    """One line per row that has a note; where every row has the same provenance (a table whose
+    settings were all chosen for one reason) it is said once, first, not on every row."""
+    shared = {r["provenance"] for r in rows}
+    if len(rows) > 1 and len(shared) == 1 and "" not in shared:
+        return [f"every row: settings: {shared.pop()}"] + [n for r in rows if (n := row_note({**r, "provenance": ""}))]
+    return [n for n in map(row_note, rows) if n]
 
 
 def row_note(r: dict) -> str:

@@ -6,6 +6,12 @@ has standard error se = sqrt(s_a^2/n_a + s_b^2/n_b) and, approximately, t-distri
 with the Welch-Satterthwaite degrees of freedom
 df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)); the interval is
 mean_b - mean_a +- t_{(1+level)/2, df} * se.
+
+Paired (`paired_difference`): where both rows ran the same seeds and a seed fixes what the rows
+share (here the initial weights, the image order and the augmentation: data/streams.py makes
+every random draw a function of seed, epoch and step), the per-seed differences d_i = b_i - a_i
+remove that shared part of the seed noise; the interval is mean(d) +- t_{(1+level)/2, n-1} *
+sd(d) / sqrt(n) (Student's paired t).
 """
 from __future__ import annotations
 
@@ -53,3 +59,18 @@ def pooled_std(*groups: list[float]) -> float:
     if dof == 0:
         return float("nan")
     return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1) / dof)
+
+
+def paired_difference(a: dict, b: dict, level: float = 0.95) -> Difference | None:
+    """The mean over the seeds in both `a` and `b` (seed -> value) of b[seed] - a[seed], with its
+    paired t interval (df = n - 1); None with fewer than 2 shared seeds."""
+    diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]
+    if len(diffs) < 2:
+        return None
+    from scipy.stats import t
+
+    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if se == 0:
+        return Difference(mean, mean, mean, None, level)
+    half = float(t.ppf((1 + level) / 2, len(diffs) - 1)) * se
+    return Difference(mean, mean - half, mean + half, len(diffs) - 1, level)

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gluon_tricks.errors import UserError, shown
-from gluon_tricks.identity import content_hash, source_bn_group
-from gluon_tricks.recipe import load_recipe, scale_epochs
+from gluon_tricks.identity import content_hash, run_warnings, source_bn_group
+from gluon_tricks.recipe import explicit_keys, load_recipe, scale_epochs
 from gluon_tricks.runner import PendingRun, train_in_process, train_in_processes
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers"
@@ -287,10 +287,27 @@ def run_table(table: Table, seeds: int | None = None, epochs_scale: float = 1.0,
     if missing:
         raise UserError(f"table {table.name} cannot run: missing {'; '.join(shown(m) for m in missing)} "
                         "(nothing was trained)")
+    for warning in pending_warnings(table, pending, overrides):
+        print(f"gluon-tricks: warning: {shown(warning)}", file=sys.stderr)
     if in_process:
         train_in_process(table.name, pending, progress)
     else:
         train_in_processes(table.name, pending, progress, slots)
+
+
+def pending_warnings(table: Table, pending: list[PendingRun], overrides=()) -> list[str]:
+    """`train`'s warnings (identity.run_warnings) for the rows about to train, once per row
+    (its seeds differ only in the seed), each naming its row: a table shortened with
+    --epochs-scale or changed with --set says what its rows will not do, as `train` does."""
+    labels = {p.label for p in pending}
+    out = []
+    for row in table.rows:
+        if row.label not in labels:
+            continue
+        recipe = next(p.recipe for p in pending if p.label == row.label)
+        explicit = explicit_keys(row.recipe_path, row.sets + list(overrides))
+        out += [f"{row.label}: {w}" for w in run_warnings(recipe, explicit)]
+    return out
 
 
 def _stat(values: list[float]) -> tuple[float | None, float | None]:
@@ -321,7 +338,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
     devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, missing, groups, distill, versions = [], [], [], [], [], None, []
+        results, runs, hashes, missing, groups, distill, versions, seeds_run = [], [], [], [], [], None, [], []
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             distill = recipe.distill
             groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
@@ -330,6 +347,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             if result is not None:
                 runs.append(path)
                 results.append(result)
+                seeds_run.append(recipe.seed)
                 versions += [f"seed {recipe.seed}: {d}" for d in version_differences(result)]
                 continue
             if problem:  # a file that is there but cannot be used is named, never skipped silently
@@ -340,6 +358,7 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
         out.append({
             "label": row.label, "runs": len(results), "seeds": seeds, "run_dirs": [str(p) for p in runs],
             "top1_values": [r["final_top1"] for r in results],  # one per seed with a result
+            "top1_by_seed": dict(zip(seeds_run, (r["final_top1"] for r in results))),
             "top1": top1, "top1_std": top1_sd, "top5": top5, "top5_std": top5_sd,
             **{f"paper_{k}": v for k, v in row.paper.items()},
             "seconds_per_epoch": _stat([r["seconds_per_epoch"] for r in results])[0],

@@ -259,6 +259,40 @@ def test_doctor_command(capsys):
     assert any(line.startswith(("OK   MXNet build", "WARN MXNet build")) and f"CUDA {'yes' if cuda else 'no'}" in line
                and "DIST_KVSTORE" in line for line in out)
     assert any(line.startswith("OK   table demo: data and teachers present") for line in out)
+    if not cuda:  # the CPU wheel: the convolution check runs on the CPU
+        assert "OK   cpu(0) float32: a convolution's forward and backward agree with numpy" in out
+
+
+def test_convolution_check_on_each_device_against_numpy():
+    """Two CPU contexts stand in for two GPUs: both agree with the numpy oracle, in float32 and
+    float64; float16, which the CPU wheel cannot multiply, is a FAIL line with MXNet's reason
+    and a fix, and the engine's kept error does not come back at the next wait."""
+    lines = doctor.convolution_lines([(mx.cpu(0), "float32"), (mx.cpu(1), "float64"), (mx.cpu(1), "float16")])
+    assert [l.status for l in lines] == ["OK", "OK", "FAIL"]
+    assert lines[1].text == "cpu(1) float64: a convolution's forward and backward agree with numpy"
+    assert lines[2].text == "a convolution on cpu(1) in float16 failed: MXNetError: FP16 gemm on cpu not implemented!"
+    assert "CUDA_VISIBLE_DEVICES" in lines[2].fix
+    mx.nd.waitall()  # raises if the failed operation's error were still kept
+
+
+def test_convolution_check_reports_a_wrong_result(monkeypatch):
+    """A device that computes, but wrongly, is named with what is wrong: the output 1% off; the
+    output right but its weight gradient 1% off. 1e-5 off passes float32's tolerance (1e-4)."""
+    from gluon_tricks.devices import convolution_check
+
+    real = mx.nd.Convolution
+
+    def off_gradient(*a, **k):  # forward value unchanged, gradient x 1.01
+        y = real(*a, **k)
+        return y + 0.01 * y - (0.01 * y).detach()
+
+    monkeypatch.setattr(mx.nd, "Convolution", lambda *a, **k: real(*a, **k) * 1.01)
+    assert convolution_check(mx.cpu()).startswith("a convolution on cpu(0) in float32 computes a wrong output (off by 1.0e-02")
+    monkeypatch.setattr(mx.nd, "Convolution", off_gradient)
+    assert convolution_check(mx.cpu()).startswith("a convolution on cpu(0) in float32 computes a wrong weight gradient "
+                                                  "(off by 1.0e-02")
+    monkeypatch.setattr(mx.nd, "Convolution", lambda *a, **k: real(*a, **k) * 1.00001)
+    assert convolution_check(mx.cpu()) is None
 
 
 # `unzip -l` of nvidia-cudnn-cu11 8.9.6.50 (the pin in setup.py) lists these files under

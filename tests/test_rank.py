@@ -9,7 +9,7 @@ import pytest
 from gluon_tricks.errors import UserError
 from gluon_tricks.identity import content_hash
 from gluon_tricks.recipe import to_toml
-from gluon_tricks.stats import pooled_std, welch_difference
+from gluon_tricks.stats import paired_difference, pooled_std, welch_difference
 from gluon_tricks.report import render
 from gluon_tricks.tables import collect, load_table, row_recipes
 from seams import recipes_root
@@ -57,9 +57,25 @@ def test_no_interval_without_two_seeds_a_side_and_none_wide_without_spread():
     assert (d.diff, d.low, d.high, d.df) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0), None)
 
 
+def test_paired_interval_bounds_are_where_scipys_paired_test_gives_p_005():
+    """Independent of the formula: shifting b by either bound makes scipy's paired t-test
+    (scipy.stats.ttest_rel) give p = 0.05; only the seeds both rows ran are paired."""
+    from scipy.stats import ttest_rel
+
+    a, b = {0: 71.2, 1: 73.9, 2: 72.5, 7: 60.0}, {0: 75.1, 1: 74.2, 2: 78.0, 3: 90.0}
+    d = paired_difference(a, b)
+    assert d.df == 2 and d.diff == pytest.approx(((75.1 - 71.2) + (74.2 - 73.9) + (78.0 - 72.5)) / 3)
+    for bound in (d.low, d.high):
+        assert ttest_rel(np.array([75.1, 74.2, 78.0]) - bound, [71.2, 73.9, 72.5]).pvalue == pytest.approx(0.05, abs=1e-9)
+    assert paired_difference({0: 1.0, 1: 2.0}, {1: 3.0, 2: 4.0}) is None  # one shared seed
+
+
 def test_pooled_std_by_hand():
     # variances 1 (n 3) and 4 (n 3): sqrt((2 * 1 + 2 * 4) / 4) = sqrt(2.5)
     assert pooled_std([1, 2, 3], [4, 6, 8]) == pytest.approx(math.sqrt(2.5))
+    # unequal n: variances 1 (n 3) and 20/3 (n 4) weigh 2 and 3: sqrt((2 * 1 + 3 * 20/3) / 5) = sqrt(4.4),
+    # not the plain mean of the variances, sqrt(23/6)
+    assert pooled_std([1, 2, 3], [4, 6, 8, 10]) == pytest.approx(math.sqrt(4.4))
 
 
 def write_result(runs, recipe, top1, epochs=4, eval_every=1):
@@ -104,14 +120,18 @@ def test_rank_table_prints_each_step_with_its_welch_interval(rank_with_results):
     lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in text.splitlines()
              if l.startswith("| ") and "---" not in l}
     head = lines.pop("row")
-    assert head[:4] == ["top-1", "n", "Δ top-1 [95% CI]", "from"] and "paper top-1" not in head
+    assert head[:5] == ["top-1", "n", "Δ top-1 [95% CI]", "paired Δ [95% CI]", "from"] and "paper top-1" not in head
     labels = [r.label for r in table.rows]
-    assert lines[labels[0]][:4] == ["71.00 ± 1.00", "3", "", ""]
-    # row 2 - row 1: 3 +- 2.776 * sqrt(2/3) = [0.73, 5.27]: excludes 0
-    assert lines[labels[1]][1:4] == ["3", "+3.00 [+0.73, +5.27] *", labels[0]]
-    # stitch (76 +- 1) against interpolation mixup (74.5 +- 0.5), not against the distillation row above it
+    assert lines[labels[0]][:5] == ["71.00 ± 1.00", "3", "", "", ""]
+    # row 2 - row 1: 3 +- 2.776 * sqrt(2/3) = [0.73, 5.27]: excludes 0; paired, every seed is +3: no spread
+    assert lines[labels[1]][1:5] == ["3", "+3.00 [+0.73, +5.27] *", "+3.00 [+3.00, +3.00] *", labels[0]]
+    # row 3 - row 2 paired: seeds +0, +1, +2: 1 +- t(0.975, 2) 4.303 * 1 / sqrt(3) = [-1.48, +3.48]
+    assert lines[labels[2]][3] == "+1.00 [-1.48, +3.48]"
+    # stitch (76 +- 1) against interpolation mixup (74.5 +- 0.5), not against the distillation row above it;
+    # paired, seeds +1, +1.5, +2: 1.5 +- 4.303 * 0.5 / sqrt(3) = [+0.26, +2.74], where Welch's includes 0
     d = welch_difference(FAKE[3], FAKE[5])
-    assert lines[labels[5]][2:4] == [f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}]", labels[3]]
+    assert lines[labels[5]][2:5] == [f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}]", "+1.50 [+0.26, +2.74] *", labels[3]]
+    assert d.low < 0
     assert "Welch" in text and "results pending" in text
 
 
@@ -124,6 +144,8 @@ def test_rank_table_csv_has_the_intervals(rank_with_results):
     assert rows[0]["reference"] == "" and rows[0]["diff_top1"] == ""
     assert float(rows[1]["diff_top1"]) == pytest.approx(3.0) and float(rows[1]["welch_df"]) == pytest.approx(4.0)
     assert rows[5]["reference"] == table.rows[3].label
+    assert float(rows[5]["paired_diff"]) == pytest.approx(1.5) and float(rows[5]["paired_df"]) == 2
+    assert float(rows[5]["paired_low"]) == pytest.approx(1.5 - 4.302653 * 0.5 / math.sqrt(3))
 
 
 def test_rank_pictures_draw_bands_over_tested_epochs_and_the_differences(rank_with_results, tmp_path, monkeypatch):

@@ -266,3 +266,39 @@ def test_bot_table1_tricks_row_is_table6s_last_resnet50d_row():
     t6 = load_table(root, "bot/table6")
     last_d = [row for row in t6.rows if row.label.startswith("ResNet-50-D")][-1]
     assert content_hash(row_recipes(run[0], 1, 1.0)[0]) == content_hash(row_recipes(last_d, 1, 1.0)[0])
+
+
+def test_run_table_prints_train_warnings_for_the_rows_it_will_train(tmp_path, monkeypatch, capsys):
+    """A table shortened with --epochs-scale warns, per row, what `train` would warn: the demo
+    at 1 epoch never leaves the baseline's decays or the cosine row's 1-epoch warm-up. At its
+    own length it warns nothing, and rows with results are not trained so not warned about."""
+    import gluon_tricks.tables as tables
+
+    trained = []
+    monkeypatch.setattr(tables, "train_in_process", lambda name, pending, progress: trained.extend(pending))
+    table = load_table(recipes_root(), "demo")
+    run_table(table, seeds=2, epochs_scale=0.1, runs_root=tmp_path, progress=False, in_process=True)
+    err = capsys.readouterr().err.splitlines()
+    assert len(trained) == 2 * len(table.rows) and trained[0].recipe.epochs == 1
+    assert f"gluon-tricks: warning: Baseline (step decay): schedule.decay_epochs [1, 2] fall at or after " \
+           f"the end of the 1-epoch run (never reached)" in err
+    assert "gluon-tricks: warning: + cosine decay, warm-up: schedule.warmup_epochs = 1 covers the whole " \
+           "1-epoch run: the rate never leaves the warm-up" in err
+    assert len(err) == len(table.rows)  # once per row, not once per seed
+
+    trained.clear()
+    run_table(table, runs_root=tmp_path, progress=False, in_process=True)
+    assert trained and capsys.readouterr().err == ""
+
+
+def test_a_provenance_every_row_shares_is_said_once(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.toml").write_text('name = "a"\n')
+    (tmp_path / "t" / "b.toml").write_text('name = "b"\nseed = 5\n')
+    (tmp_path / "t" / "table.toml").write_text(
+        'title = "tiny"\nprovenance = "chosen: one reason"\n'
+        '[[rows]]\nlabel = "A"\nrecipe = "a.toml"\n[[rows]]\nlabel = "B"\nrecipe = "b.toml"\nnote = "its own note"\n')
+    md = render(load_table(tmp_path, "t"), "md", runs_root=tmp_path / "runs")
+    assert md.count("chosen: one reason") == 1
+    assert md.split("Rows: notes and where their settings come from\n\n")[1].splitlines() == [
+        "- every row: settings: chosen: one reason", "- B: its own note"]

@@ -207,6 +207,22 @@ MUTANTS = [
     Mutant("X7", "checkpoint pruning deletes only the checkpoints the run wrote",
            'CHECKPOINT_NAME = re.compile(r"^epoch\\d{4}-step\\d{7}$")', 'CHECKPOINT_NAME = re.compile(r"^[^.]")',
            ("tests/test_own_files.py::test_pruning_deletes_only_the_checkpoints_it_wrote",)),
+    # The rank table's arithmetic (issue 25): what makes a step "larger than its seed noise".
+    Mutant("X8", "a difference's interval uses Welch's degrees of freedom, not pooled n_a + n_b - 2",
+           "df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))",
+           "df = len(a) + len(b) - 2",
+           ("tests/test_rank.py::test_welch_interval_of_unequal_spreads_by_hand",)),
+    Mutant("X9", "a difference's interval uses t, not the normal quantile",
+           "half = float(t.ppf((1 + level) / 2, df)) * se", "half = 1.959964 * se",
+           ("tests/test_rank.py::test_welch_interval_of_equal_spreads_is_the_textbook_t_interval",)),
+    Mutant("X10", "the pooled seed std weights each row by its n - 1",
+           "sum((len(g) - 1) * statistics.variance(g) for g in groups if len(g) > 1) / dof",
+           "sum(statistics.variance(g) for g in groups if len(g) > 1) / len(groups)",
+           ("tests/test_rank.py::test_pooled_std_by_hand",)),
+    Mutant("X11", "a paired difference pairs each seed with the same seed of the other row",
+           "diffs = [b[s] - a[s] for s in sorted(set(a) & set(b))]",
+           "diffs = [x - y for x, y in zip(sorted(b.values()), sorted(a.values()))]",
+           ("tests/test_rank.py::test_paired_interval_bounds_are_where_scipys_paired_test_gives_p_005",)),
 ]
 
 
