@@ -250,6 +250,7 @@ def plot_table(table, out_dir: Path, rows: list[dict], iters_per_epoch: int = 19
             written.append(plot_curves(rows, out_dir / "curves.png", table.title))
     if table.differences:
         written.append(plot_differences(rows, row_differences(table, rows), out_dir / "differences.png", table.title))
-    written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
+    if any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
+        written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
     return written

@@ -132,7 +132,7 @@ def test_rank_table_prints_each_step_with_its_welch_interval(rank_with_results):
     d = welch_difference(FAKE[3], FAKE[5])
     assert lines[labels[5]][2:5] == [f"{d.diff:+.2f} [{d.low:+.2f}, {d.high:+.2f}]", "+1.50 [+0.26, +2.74] *", labels[3]]
     assert d.low < 0
-    assert "Welch" in text and "results pending" in text
+    assert "Welch" in text and "paired t" in text and "docs/rank.md" in text
 
 
 def test_rank_table_csv_has_the_intervals(rank_with_results):
@@ -157,6 +157,7 @@ def test_rank_pictures_draw_bands_over_tested_epochs_and_the_differences(rank_wi
     monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), real_save(fig, out))[1])
     written = {p.name: p for p in plots.plot_table(table, tmp_path / "p", collect(table, runs_root=runs), iters_per_epoch=4)}
     assert written["differences.png"].read_bytes().startswith(b"\x89PNG") and written["curves.png"].stat().st_size > 10_000
+    assert "ours_vs_paper.png" not in written  # no row has a paper number: no empty "paper" bars
     curves = next(f for f in figs if f.axes[0].get_ylabel() == "test top-1 (%)")
     first = curves.axes[0].get_lines()[0]
     # eval_every 3 over 4 epochs: tested after epochs 3 and 4; the mean over seeds of top1 * e / 4
@@ -235,3 +236,32 @@ def test_rank_table_command_copies_the_finished_runs_and_draws(rank_with_results
                for d in copied)
     assert (tmp_path / "docs" / "differences.png").is_file() and (tmp_path / "docs" / "table.md").is_file()
     assert "+3.00 [+0.73, +5.27] *" in proc.stdout and "18 runs copied" in proc.stdout
+
+
+# What docs/rank.md and the README report, as `gluon-tricks table rank/cifar10-mini` prints it
+# from the committed results (results/rank-*): top-1, Welch and paired steps per row.
+DOCUMENTED = {
+    "Baseline (step decay)": ("63.83 ± 0.43", "", ""),
+    "+ cosine decay, warm-up": ("74.00 ± 1.36", "+10.17 [+7.12, +13.22] *", "+10.17 [+7.33, +13.00] *"),
+    "+ label smoothing": ("72.62 ± 1.07", "-1.38 [-4.22, +1.46]", "-1.38 [-6.40, +3.64]"),
+    "+ interpolation mixup": ("74.70 ± 0.35", "+2.09 [-0.27, +4.45]", "+2.09 [+0.32, +3.86] *"),
+    "+ distillation (pretrained ResNet-20)": ("78.33 ± 1.84", "+3.62 [-0.74, +7.99]", "+3.62 [-1.38, +8.63]"),
+    "stitch mixup (top/bottom) instead": ("73.64 ± 0.95", "-1.06 [-3.12, +0.99]", "-1.06 [-4.29, +2.17]"),
+}
+
+
+def test_a_fresh_clone_prints_the_documented_rank_table(tmp_path, monkeypatch, capsys):
+    """With no runs of its own, the table is the committed results: every row finds its 3 seeds
+    (a recipe change that moved a row's hash would lose them) and prints what docs/rank.md says."""
+    from gluon_tricks.cli import main
+
+    monkeypatch.delenv("GLUON_TRICKS_RESULTS", raising=False)
+    assert main(["table", "rank/cifar10-mini", "--runs", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out
+    cells = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in out.splitlines()
+             if l.startswith("| ") and "---" not in l}
+    head = cells.pop("row")
+    columns = [head.index(h) for h in ("top-1", "Δ top-1 [95% CI]", "paired Δ [95% CI]")]
+    assert {label: tuple(c[i] for i in columns) for label, c in cells.items()} == DOCUMENTED
+    assert all(c[head.index("n")] == "3" for c in cells.values())
+    assert "of 3 seeds have results" not in out
