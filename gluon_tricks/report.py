@@ -124,10 +124,11 @@ def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list
         head[2:2] = ["n", "Δ top-1 [95% CI]", "paired Δ [95% CI]", "from"]
         for b, r, d in zip(body, rows, differences):
             b[2:2] = [str(r["runs"]), _difference_cell(d), _difference_cell(d, "paired"), d["reference"] if d else ""]
-        if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
-            keep = [i for i, h in enumerate(head) if not h.startswith(("paper", "Δ top-1", "Δ top-5"))
-                    or h == "Δ top-1 [95% CI]"]
-            head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
+    if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
+        # no paper numbers (the demo, the rank table): no empty paper columns
+        drop = {"paper top-1", "Δ top-1", "paper top-5", "Δ top-5"}
+        keep = [i for i, h in enumerate(head) if h not in drop]
+        head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
     return head, body
 
 

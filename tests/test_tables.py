@@ -302,3 +302,15 @@ def test_a_provenance_every_row_shares_is_said_once(tmp_path):
     assert md.count("chosen: one reason") == 1
     assert md.split("Rows: notes and where their settings come from\n\n")[1].splitlines() == [
         "- every row: settings: chosen: one reason", "- B: its own note"]
+
+
+def test_a_table_without_paper_numbers_has_no_paper_columns(tmp_path):
+    """The demo prints no paper numbers, so no empty paper and difference columns; a table with
+    them keeps them."""
+    def head(name):
+        md = render(load_table(recipes_root(), name), "md", runs_root=tmp_path)
+        return [c.strip() for c in next(l for l in md.splitlines() if l.startswith("| row")).split("|")[1:-1]]
+
+    assert head("demo") == ["row", "top-1", "top-5", "s/epoch"]
+    assert head("followup/table3") == ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5",
+                                       "s/epoch"]
