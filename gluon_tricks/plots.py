@@ -153,8 +153,9 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
 
 def plot_differences(rows: list[dict], differences: list[dict | None], out: Path, title: str = "") -> Path:
     """Each row's top-1 difference from its reference row (report.row_differences) as a bar with
-    its 95% Welch interval; rows without an interval (the first, fewer than 2 seeds) are left
-    empty. A bar whose interval excludes 0 is drawn solid, the others hatched."""
+    its 95% Welch interval, and beside it (orange) the interval paired by seed; rows without an
+    interval (the first, fewer than 2 seeds) are left empty. A bar whose Welch interval
+    excludes 0 is drawn solid, the others hatched."""
     pos = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4.5))
     for p, d in zip(pos, differences):
@@ -166,11 +167,20 @@ def plot_differences(rows: list[dict], differences: list[dict | None], out: Path
         ax.errorbar(p, x.diff, yerr=[[x.diff - x.low], [x.high - x.diff]], color="black", capsize=4)
         ax.annotate(f"{x.diff:+.2f}", (p, x.high), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
                     textcoords="offset points")
+        paired = d.get("paired")
+        if paired is not None:
+            ax.errorbar(p + 0.2, paired.diff, yerr=[[paired.diff - paired.low], [paired.high - paired.diff]],
+                        color=_COLOURS[1], capsize=3, marker="o", markersize=3)
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xticks(pos)
     ax.set_xticklabels([r["label"] + (f"\nvs {d['reference']}" if d else "") for r, d in zip(rows, differences)],
                        rotation=30, ha="right", fontsize=6)
     ax.set_ylabel("Δ test top-1 (points), 95% Welch interval")
+    if any(d and d.get("paired") for d in differences):
+        from matplotlib.lines import Line2D
+
+        ax.legend(handles=[Line2D([], [], color=_COLOURS[1], marker="o", markersize=3, label="paired by seed, 95%")],
+                  fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=9)
     return _save(fig, out)

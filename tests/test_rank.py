@@ -167,6 +167,11 @@ def test_rank_pictures_draw_bands_over_tested_epochs_and_the_differences(rank_wi
     heights = [p.get_height() for p in bars.patches]
     expected = [welch_difference(FAKE[i - 1] if i != 5 else FAKE[3], FAKE[i]).diff for i in range(1, 6)]
     np.testing.assert_allclose(heights, expected)
+    # beside each bar its paired interval; stitch's, by hand above: [+0.26, +2.74] (Welch's: [-0.56, +3.56])
+    paired = [c for c in bars.containers if hasattr(c, "has_yerr") and c.lines[0].get_marker() == "o"]
+    assert len(paired) == 5
+    (low, high), = [tuple(seg[:, 1]) for seg in paired[-1].lines[2][0].get_segments()]
+    assert (low, high) == (pytest.approx(1.5 - 4.302653 * 0.5 / math.sqrt(3)), pytest.approx(1.5 + 4.302653 * 0.5 / math.sqrt(3)))
 
 
 def test_compare_to_must_name_another_row(tmp_path):
