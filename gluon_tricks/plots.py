@@ -241,7 +241,7 @@ def plot_table(table, out_dir: Path, rows: list[dict], iters_per_epoch: int = 19
     schedules, curves, ours vs paper, mixing examples; for a table that runs recipes on both
     CIFAR-100 label sets, also coarse beside fine and one curves picture per label set; for a
     table that shows differences, the bar chart of them with their intervals."""
-    from gluon_tricks.report import row_differences
+    from gluon_tricks.report import has_paper_numbers, row_differences
     from gluon_tricks.tables import row_recipes
 
     out_dir = Path(out_dir)
@@ -260,7 +260,7 @@ def plot_table(table, out_dir: Path, rows: list[dict], iters_per_epoch: int = 19
             written.append(plot_curves(rows, out_dir / "curves.png", table.title))
     if table.differences:
         written.append(plot_differences(rows, row_differences(table, rows), out_dir / "differences.png", table.title))
-    if any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
+    if has_paper_numbers(rows):
         written.append(plot_bars(rows, out_dir / "ours_vs_paper.png", table.title))
     written.append(plot_mixing_examples(out_dir / "mixing_examples.png"))
     return written

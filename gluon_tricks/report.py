@@ -107,6 +107,11 @@ def sheet(table: Table, rows: list[dict], seeds: int, epochs_scale: float) -> Sh
                  row_notes(rows))
 
 
+def has_paper_numbers(rows: list[dict]) -> bool:
+    """Whether any row of `collect` has a number the paper printed."""
+    return any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows)
+
+
 def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list) -> tuple[list, list]:
     head = ["row", "top-1", "paper top-1", "Δ top-1", "top-5", "paper top-5", "Δ top-5", "s/epoch"]
     body = []
@@ -124,8 +129,7 @@ def _printed_cells(table: Table, rows: list[dict], seeds: int, differences: list
         head[2:2] = ["n", "Δ top-1 [95% CI]", "paired Δ [95% CI]", "from"]
         for b, r, d in zip(body, rows, differences):
             b[2:2] = [str(r["runs"]), _difference_cell(d), _difference_cell(d, "paired"), d["reference"] if d else ""]
-    if not any(r.get("paper_top1") is not None or r.get("paper_top5") is not None for r in rows):
-        # no paper numbers (the demo, the rank table): no empty paper columns
+    if not has_paper_numbers(rows):  # the demo, the rank table: no empty paper columns
         drop = {"paper top-1", "Δ top-1", "paper top-5", "Δ top-5"}
         keep = [i for i, h in enumerate(head) if h not in drop]
         head, body = [head[i] for i in keep], [[b[i] for i in keep] for b in body]
