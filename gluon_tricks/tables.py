@@ -299,14 +299,14 @@ def pending_warnings(table: Table, pending: list[PendingRun], overrides=()) -> l
     """`train`'s warnings (identity.run_warnings) for the rows about to train, once per row
     (its seeds differ only in the seed), each naming its row: a table shortened with
     --epochs-scale or changed with --set says what its rows will not do, as `train` does."""
-    labels = {p.label for p in pending}
+    first_recipe = {}
+    for p in pending:
+        first_recipe.setdefault(p.label, p.recipe)
     out = []
     for row in table.rows:
-        if row.label not in labels:
-            continue
-        recipe = next(p.recipe for p in pending if p.label == row.label)
-        explicit = explicit_keys(row.recipe_path, row.sets + list(overrides))
-        out += [f"{row.label}: {w}" for w in run_warnings(recipe, explicit)]
+        if row.label in first_recipe:
+            explicit = explicit_keys(row.recipe_path, row.sets + list(overrides))
+            out += [f"{row.label}: {w}" for w in run_warnings(first_recipe[row.label], explicit)]
     return out
 
 
@@ -338,7 +338,8 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
     devices = len(slots[0].devices) if slots else None
     out = []
     for row in table.rows:
-        results, runs, hashes, missing, groups, distill, versions, seeds_run = [], [], [], [], [], None, [], []
+        results, runs, hashes, missing, groups, distill, versions = [], [], [], [], [], None, []
+        top1_by_seed = {}  # seed -> final top-1, for each seed with a result
         for recipe in row_recipes(row, seeds, epochs_scale, overrides):
             distill = recipe.distill
             groups.append((_bn_group(recipe, devices), source_bn_group(recipe)))
@@ -347,18 +348,18 @@ def collect(table: Table, seeds: int | None = None, epochs_scale: float = 1.0, r
             if result is not None:
                 runs.append(path)
                 results.append(result)
-                seeds_run.append(recipe.seed)
+                top1_by_seed[recipe.seed] = result["final_top1"]
                 versions += [f"seed {recipe.seed}: {d}" for d in version_differences(result)]
                 continue
             if problem:  # a file that is there but cannot be used is named, never skipped silently
                 print(f"warning: {problem}; row '{shown(row.label)}' shown without it", file=sys.stderr)
             missing.append(f"seed {recipe.seed}: " + (problem or ("unfinished, " + shown(path) if path else "not run")))
-        top1, top1_sd = _stat([r["final_top1"] for r in results])
+        top1, top1_sd = _stat(list(top1_by_seed.values()))
         top5, top5_sd = _stat([r["final_top5"] for r in results])
         out.append({
             "label": row.label, "runs": len(results), "seeds": seeds, "run_dirs": [str(p) for p in runs],
-            "top1_values": [r["final_top1"] for r in results],  # one per seed with a result
-            "top1_by_seed": dict(zip(seeds_run, (r["final_top1"] for r in results))),
+            "top1_values": list(top1_by_seed.values()),  # one per seed with a result
+            "top1_by_seed": top1_by_seed,
             "top1": top1, "top1_std": top1_sd, "top5": top5, "top5_std": top5_sd,
             **{f"paper_{k}": v for k, v in row.paper.items()},
             "seconds_per_epoch": _stat([r["seconds_per_epoch"] for r in results])[0],
