@@ -2,7 +2,7 @@
 
 Every cell and note is computed once into a `Sheet`; each format in FORMATTERS only lays it
 out. The notes under a table say what its numbers are: seeds, partial seeds "(k/n)", where
-they ran, a scaled epoch count, the Welch differences of a rank table, shared trainings and
+they ran, a scaled epoch count, the Welch and paired differences of a rank table, shared trainings and
 the teachers' accuracy.
 """
 from __future__ import annotations
